@@ -1,0 +1,53 @@
+# hybridslm — the two commands a newcomer needs: `make demo` and `make test`.
+#
+# torch is installed first and pinned, so pip never pulls a multi-GB CUDA build by accident.
+# On a CUDA machine choose your own build, e.g.
+#   make demo TORCH_SPEC="torch==2.11.0" TORCH_INDEX=https://download.pytorch.org/whl/cu130
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+BIN         := $(VENV)/bin
+STAMP       := $(VENV)/.hybridslm-installed
+DEMO_OUT    ?= papermill_runs/demo
+DEMO_ARGS   ?=
+PYTEST_ARGS ?= -q -n 2
+
+.PHONY: install demo test test-nb test-py test-gpu lab export clean
+
+install: $(STAMP)
+
+$(STAMP): settings.ini setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip wheel setuptools
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	mkdir -p $(DEMO_OUT)
+	$(BIN)/papermill experiments/train.ipynb $(DEMO_OUT)/train.ipynb -k python3 \
+	    -p preset demo -p run_name demo -p out_dir $(DEMO_OUT) $(DEMO_ARGS)
+	@echo "demo finished: see $(DEMO_OUT)/ (executed notebook, loss.png, metrics.json, checkpoint/)"
+
+test: install test-nb test-py
+
+test-nb: install
+	$(BIN)/nbdev_test --n_workers 2 --timing
+
+test-py: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS) tests
+
+# On the GPU machine: run the cells flagged `#| gpu` and `#| slow` as well.
+test-gpu:
+	nbdev_test --flags "gpu slow" --n_workers 1
+
+lab: install
+	$(BIN)/python -m pip install -q jupyterlab
+	$(BIN)/jupyter lab
+
+export: install
+	$(BIN)/nbdev_clean && $(BIN)/nbdev_export
+
+clean:
+	rm -rf $(VENV) _proc _docs build dist *.egg-info

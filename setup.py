@@ -11,6 +11,7 @@ extras = {'dev': dev_reqs}
 for k in c:
     if k.startswith('extra_') and k.endswith('_requirements'):
         extras[k[len('extra_'):-len('_requirements')]] = c[k].split()
+extras['all'] = sorted({r for k, v in extras.items() if k != 'dev' for r in v})
 scripts = [s.strip() for s in c.get('console_scripts', '').split('\n') if s.strip()]
 
 setuptools.setup(

@@ -152,3 +152,17 @@ def test_metrics_exposition(env):
         assert name in m, name
     count = [l for l in m.splitlines() if l.startswith('hybridslm_time_to_first_token_seconds_count{endpoint="/v1/completions"}')]
     assert float(count[0].split()[-1]) >= 1
+
+def test_grafana_dashboard_uses_exported_metrics(env):
+    "Every series the dashboard queries is one the server exports (GPU series only exist on CUDA hosts)."
+    import re
+    from tests.serve_helpers import ROOT
+    dash = json.loads((ROOT / 'deploy/grafana_dashboard.json').read_text())
+    exprs = [t['expr'] for p in dash['panels'] for t in p['targets']]
+    names = {n for e in exprs for n in re.findall(r'\b(hybridslm_[a-z_]+)', e)}
+    m = httpx.get(env['url'] + '/metrics').text
+    exported = {l.split('{')[0].split(' ')[0] for l in m.splitlines() if l and not l.startswith('#')}
+    exported |= {n[:-len('_bucket')] for n in exported if n.endswith('_bucket')}
+    missing = {n for n in names - exported if 'gpu' not in n and n != 'hybridslm_errors_total'}
+    assert not missing, missing
+    assert len(names) >= 12

@@ -8,21 +8,28 @@ VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN         := $(VENV)/bin
-STAMP       := $(VENV)/.hybridslm-installed
+STAMP       := $(VENV)/.hybridslm-core
+STAMP_ALL   := $(VENV)/.hybridslm-all
 DEMO_OUT    ?= papermill_runs/demo
 DEMO_ARGS   ?=
 PYTEST_ARGS ?= -q -n 2
 
-.PHONY: install demo test test-nb test-py test-gpu lab export clean
+.PHONY: install install-all demo test test-nb test-py test-gpu lab export readme clean
 
+# the demo needs the core + papermill; the tests need every optional extra (deepspeed, lm-eval, peft, onnx, server)
 install: $(STAMP)
+install-all: $(STAMP_ALL)
 
 $(STAMP): settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip wheel setuptools
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install -q -e ".[dev,all]"
+	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
+
+$(STAMP_ALL): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev,all]"
+	touch $(STAMP_ALL)
 
 demo: install
 	mkdir -p $(DEMO_OUT)
@@ -30,12 +37,12 @@ demo: install
 	    -p preset demo -p run_name demo -p out_dir $(DEMO_OUT) $(DEMO_ARGS)
 	@echo "demo finished: see $(DEMO_OUT)/ (executed notebook, loss.png, metrics.json, checkpoint/)"
 
-test: install test-nb test-py
+test: install-all test-nb test-py
 
-test-nb: install
+test-nb: install-all
 	$(BIN)/nbdev_test --n_workers 2 --timing
 
-test-py: install
+test-py: install-all
 	$(BIN)/python -m pytest $(PYTEST_ARGS) tests
 
 # On the GPU machine: run the cells flagged `#| gpu` and `#| slow` as well.
@@ -47,7 +54,10 @@ lab: install
 	$(BIN)/jupyter lab
 
 export: install
-	$(BIN)/nbdev_clean && $(BIN)/nbdev_export
+	$(BIN)/nbdev_clean && $(BIN)/nbdev_export && $(BIN)/python tools/make_readme.py
+
+readme:
+	$(PYTHON) tools/make_readme.py
 
 clean:
 	rm -rf $(VENV) _proc _docs build dist *.egg-info

@@ -50,3 +50,24 @@ class Server:
         try: self.proc.wait(15)
         except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait()
         self.log.close()
+
+class ThreadServer:
+    "The same app under a real uvicorn server in a thread of this process (cheaper than a subprocess: no second torch import)."
+    def __init__(self, ckpt: Path, timeout: float = 30, **app_kw):
+        import threading, uvicorn
+        from hybridslm.serve.server import create_app, load_engine
+        eng_kw = {k: app_kw.pop(k) for k in ('max_batch', 'prefix_block', 'prefix_cache_mb') if k in app_kw}
+        self.app = create_app(load_engine(ckpt, device='cpu', **eng_kw), model_name=MODEL, api_keys=[API_KEY], **app_kw)
+        self.port = free_port()
+        self.url = f'http://127.0.0.1:{self.port}'
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host='127.0.0.1', port=self.port, log_level='warning'))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        t0 = time.time()
+        while not self.server.started:
+            if time.time() - t0 > timeout or not self.thread.is_alive(): raise RuntimeError('uvicorn thread did not start')
+            time.sleep(0.05)
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(15)

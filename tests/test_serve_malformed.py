@@ -1,15 +1,15 @@
-"""Malformed and hostile requests against a real `hybridslm serve`: every one gets a 4xx with a message, never a 5xx,
-and the server keeps answering correctly afterwards."""
+"""Malformed and hostile requests against the server (real uvicorn on a loopback port, in a thread): every one gets a
+4xx with a message, never a 5xx, and the server keeps answering correctly afterwards."""
 import json, socket
 import httpx, pytest
-from tests.serve_helpers import API_KEY, MODEL, Server, make_checkpoint
+from tests.serve_helpers import API_KEY, MODEL, ThreadServer, make_checkpoint
 
 LIMIT = 65536
 
 @pytest.fixture(scope='module')
 def srv(tmp_path_factory):
-    s = Server(make_checkpoint(tmp_path_factory.mktemp('serve_bad') / 'ckpt', max_seq_len=256),
-               '--max-body-bytes', str(LIMIT), '--max-batch', '4')
+    s = ThreadServer(make_checkpoint(tmp_path_factory.mktemp('serve_bad') / 'ckpt', max_seq_len=256),
+                     max_body_bytes=LIMIT, max_batch=4)
     yield s
     s.stop()
 

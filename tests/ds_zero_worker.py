@@ -1,0 +1,30 @@
+"""One rank of the ZeRO-equivalence test (tests/test_train_deepspeed.py): trains the same tiny model under
+ZeRO stages 0, 1, 2 and 3 in turn and writes each stage's per-step losses and final weights to OUT."""
+import json, os, sys
+from pathlib import Path
+import numpy as np, torch
+from safetensors.torch import save_file
+
+torch.set_num_threads(1)
+out, stages = Path(sys.argv[1]), [int(s) for s in sys.argv[2].split(',')]
+from hybridslm.train.deepspeed import fit_deepspeed, init_distributed
+from hybridslm.train.loop import TrainArgs, TokenSequences
+from hybridslm.config import HybridConfig
+from hybridslm.model import HybridForCausalLM
+import deepspeed
+
+CFG = dict(vocab_size=256, d_model=32, layer_pattern='MA', n_heads=4, n_kv_heads=2, d_state=8, headdim=16, chunk_size=8)
+rank, world, dev = init_distributed()
+rows = TokenSequences((np.arange(4096) * 7) % 256, 16)   # learnable: next = previous + 7 (mod 256)
+for stage in stages:
+    torch.manual_seed(0); model = HybridForCausalLM(HybridConfig(**CFG))
+    args = TrainArgs(max_steps=4, micro_batch=2, grad_accum=2, lr=3e-3, warmup=1, eval_every=0, precision='fp32',
+                     progress=False)
+    res = fit_deepspeed(model, rows, None, args, zero_stage=stage)
+    engine = res.pop('engine')
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=stage == 3):
+        sd = {n: p.detach().float().clone().contiguous() for n, p in engine.module.named_parameters()}
+    if rank == 0:
+        (out / f"zero{stage}.json").write_text(json.dumps([h['loss'] for h in res['history']]))
+        save_file(sd, str(out / f"zero{stage}.safetensors"))
+    torch.distributed.barrier()

@@ -1,9 +1,10 @@
-"""End to end: `hybridslm serve` (real uvicorn, loopback) driven by the official `openai` client and raw httpx.
-Outputs are checked against `model.generate(do_sample=False)` run alone in this process."""
+"""End to end: the server (real uvicorn on a loopback port, in a thread of this process; the `hybridslm serve`
+subprocess path is tested in test_serve_workers.py) driven by the official `openai` client and raw httpx.
+Outputs are checked against `model.generate(do_sample=False)` run alone."""
 import json, threading, time
 from concurrent.futures import ThreadPoolExecutor
 import httpx, openai, pytest, torch
-from tests.serve_helpers import API_KEY, MODEL, Server, make_checkpoint
+from tests.serve_helpers import API_KEY, MODEL, ThreadServer, make_checkpoint
 
 torch.set_num_threads(1)
 
@@ -12,7 +13,7 @@ def env(tmp_path_factory):
     from transformers import AutoModelForCausalLM
     from hybridslm.tokenizer import load_tokenizer
     ckpt = make_checkpoint(tmp_path_factory.mktemp('serve') / 'ckpt')
-    srv = Server(ckpt, '--max-batch', '8', '--prefix-block', '64', '--max-body-bytes', '65536')
+    srv = ThreadServer(ckpt, max_batch=8, prefix_block=64, max_body_bytes=65536)
     model = AutoModelForCausalLM.from_pretrained(str(ckpt)).eval()
     tok = load_tokenizer(str(ckpt))
     client = openai.OpenAI(base_url=srv.url + '/v1', api_key=API_KEY, max_retries=0, timeout=60)

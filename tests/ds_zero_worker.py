@@ -6,18 +6,30 @@ import numpy as np, torch
 from safetensors.torch import save_file
 
 torch.set_num_threads(1)
-out, stages = Path(sys.argv[1]), [int(s) for s in sys.argv[2].split(',')]
+out, stages = Path(sys.argv[1]), sys.argv[2].split(',')
 from hybridslm.train.deepspeed import fit_deepspeed, init_distributed
 from hybridslm.train.loop import TrainArgs, TokenSequences
 from hybridslm.config import HybridConfig
 from hybridslm.model import HybridForCausalLM
 import deepspeed
 
+class NaNAt(HybridForCausalLM):
+    "Returns a NaN loss on forward call number `nan_at` (counted per process)."
+    calls, nan_at = 0, -1
+    def forward(self, *a, **k):
+        out = super().forward(*a, **k)
+        if NaNAt.calls == NaNAt.nan_at: out.loss = out.loss * float('nan')
+        NaNAt.calls += 1
+        return out
+
 CFG = dict(vocab_size=256, d_model=32, layer_pattern='MA', n_heads=4, n_kv_heads=2, d_state=8, headdim=16, chunk_size=8)
 rank, world, dev = init_distributed()
 rows = TokenSequences((np.arange(4096) * 7) % 256, 16)   # learnable: next = previous + 7 (mod 256)
-for stage in stages:
-    torch.manual_seed(0); model = HybridForCausalLM(HybridConfig(**CFG))
+for name in stages:
+    # 'N' + stage: rank 0 alone gets a NaN loss in the 2nd micro-batch of step 2 (a partial accumulation window)
+    stage, nan = int(name.lstrip('N')), name.startswith('N')
+    NaNAt.calls, NaNAt.nan_at = 0, (3 if nan and rank == 0 else -1)
+    torch.manual_seed(0); model = NaNAt(HybridConfig(**CFG))
     args = TrainArgs(max_steps=4, micro_batch=2, grad_accum=2, lr=3e-3, warmup=1, eval_every=0, precision='fp32',
                      progress=False)
     res = fit_deepspeed(model, rows, None, args, zero_stage=stage)
@@ -25,6 +37,6 @@ for stage in stages:
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=stage == 3):
         sd = {n: p.detach().float().clone().contiguous() for n, p in engine.module.named_parameters()}
     if rank == 0:
-        (out / f"zero{stage}.json").write_text(json.dumps([h['loss'] for h in res['history']]))
-        save_file(sd, str(out / f"zero{stage}.safetensors"))
+        (out / f"zero{name}.json").write_text(json.dumps({'losses': [h['loss'] for h in res['history']], 'bad_steps': res['bad_steps']}))
+        save_file(sd, str(out / f"zero{name}.safetensors"))
     torch.distributed.barrier()

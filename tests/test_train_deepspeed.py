@@ -1,6 +1,7 @@
 """Multi-process DeepSpeed training on CPU (gloo, 2 processes):
 
-* ZeRO 0/1/2/3 reproduce plain single-process AdamW (`fit`) step by step;
+* ZeRO 0/1/2/3 reproduce plain single-process AdamW (`fit`) step by step, also when a NaN loss on one rank
+  makes every rank drop a half-accumulated step;
 * a real training run killed with SIGKILL at a random moment and restarted with the same command (`resume='auto'`)
   finishes with bit-identical per-step losses and weights to an uninterrupted run; half-written checkpoint
   directories are ignored.
@@ -32,19 +33,31 @@ def test_zero_stages_match_plain_adamw(tmp_path):
     from hybridslm.train.loop import TrainArgs, TokenSequences, fit
     from hybridslm.config import HybridConfig
     from hybridslm.model import HybridForCausalLM
-    spawn([str(REPO / 'tests' / 'ds_zero_worker.py'), str(tmp_path), '0,1,2,3'])
+    spawn([str(REPO / 'tests' / 'ds_zero_worker.py'), str(tmp_path), '0,1,2,3,N0,N2,N3'])
     # reference: one process, plain torch AdamW, the same global batch (2 ranks x micro-batch 2 = 4 rows)
     torch.set_num_threads(1)
     cfg = HybridConfig(vocab_size=256, d_model=32, layer_pattern='MA', n_heads=4, n_kv_heads=2, d_state=8, headdim=16, chunk_size=8)
     rows = TokenSequences((np.arange(4096) * 7) % 256, 16)   # learnable: next = previous + 7 (mod 256)
-    torch.manual_seed(0); ref = HybridForCausalLM(cfg)
-    res = fit(ref, rows, None, TrainArgs(max_steps=4, micro_batch=4, grad_accum=2, lr=3e-3, warmup=1, eval_every=0,
-                                         precision='fp32', progress=False))
-    ref_losses = np.array([h['loss'] for h in res['history']])
-    ref_sd = {n: p.detach() for n, p in ref.named_parameters()}
-    assert ref_losses[-1] < ref_losses[0] - 0.01                    # it trains, so matching is not trivial
-    for stage in (0, 1, 2, 3):
-        losses = np.array(json.loads((tmp_path / f"zero{stage}.json").read_text()))
+    class NaNAt(HybridForCausalLM):
+        calls, nan_at = 0, -1
+        def forward(self, *a, **k):
+            out = super().forward(*a, **k)
+            if NaNAt.calls == NaNAt.nan_at: out.loss = out.loss * float('nan')
+            NaNAt.calls += 1
+            return out
+    def reference(nan_at=-1):
+        NaNAt.calls, NaNAt.nan_at = 0, nan_at
+        torch.manual_seed(0); ref = NaNAt(cfg)
+        res = fit(ref, rows, None, TrainArgs(max_steps=4, micro_batch=4, grad_accum=2, lr=3e-3, warmup=1, eval_every=0,
+                                             precision='fp32', progress=False))
+        return np.array([h['loss'] for h in res['history']]), {n: p.detach() for n, p in ref.named_parameters()}, res['bad_steps']
+    base = reference(); refs = {s: base for s in ('0', '1', '2', '3')}
+    refs['N2'] = refs['N0'] = refs['N3'] = reference(nan_at=3)   # NaN guard: the whole window is dropped, no step, counted
+    assert refs['N2'][2] == 1 and refs['0'][2] == 0 and not np.allclose(refs['N2'][0][1:], refs['0'][0][1:])
+    assert refs['0'][0][-1] < refs['0'][0][0] - 0.01                 # it trains, so matching is not trivial
+    for stage, (ref_losses, ref_sd, ref_bad) in refs.items():
+        rec = json.loads((tmp_path / f"zero{stage}.json").read_text())
+        losses = np.array(rec['losses']); assert rec['bad_steps'] == ref_bad
         sd = load_file(tmp_path / f"zero{stage}.safetensors")
         # Same arithmetic up to float32 summation order (all-reduce of two half-batch gradients vs one batch,
         # ZeRO's flattened buffers): ~1e-7 relative per op. Adam normalises each update to ~lr, so weight

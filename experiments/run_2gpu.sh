@@ -37,7 +37,7 @@ COMMON=(-k python3 -p preset 125m -p seq_len 2048 -p micro_batch 4 -p grad_accum
 read -r -a EXTRA <<< "${RUN2GPU_EXTRA:-}"   # CPU dry run of this script: tiny overrides
 run() {  # name, extra papermill args...
   local name=$1; shift
-  echo "=== $name: $* ($(date -u +%T))"
+  echo "=== $name: $* ($(date -u +%T))"; mkdir -p "$DEST/$name"
   timeout 200 papermill experiments/train.ipynb "$DEST/$name/train.ipynb" "${COMMON[@]}" -p run_name "$name" \
       -p out_dir "$DEST/$name" "$@" "${EXTRA[@]}" --log-output --no-progress-bar 2>&1 | grep -v "^\s*$" | grep -vi "warn" | tail -n 40
   echo "=== $name exit ${PIPESTATUS[0]} ($(date -u +%T))"

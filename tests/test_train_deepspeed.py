@@ -72,7 +72,7 @@ def test_zero_stages_match_plain_adamw(tmp_path):
 RUN = dict(data='embedded:alice_in_wonderland', layer_pattern='MA', seq_len=32, micro_batch=2, grad_accum=2,
            model_overrides=dict(d_model=64, n_heads=4, n_kv_heads=2, d_state=16, headdim=16, chunk_size=16),
            num_gpus=2, zero_stage=2, max_steps=10, save_every=2, keep_last=2, eval_every=0, eval_batches=2,
-           time_budget_min=None, lr=3e-3, warmup=2, precision='fp32', log_to='')
+           time_budget_min=None, lr=3e-3, warmup=2, precision='fp32', log_to='', resume='auto')
 
 def start_run(out: Path, **kw):
     from hybridslm.train.launch import resolve_run, launch_command
@@ -109,9 +109,11 @@ def test_sigkill_and_resume_is_exact(tmp_path):
     # debris of a save interrupted at a later step: a temp dir and a step dir without trainer_state.json
     for junk in ('.tmp-step-000012', 'step-000012'):
         (ck / junk / 'ds').mkdir(parents=True, exist_ok=True); (ck / junk / 'ds' / 'mp_rank_00_model_states.pt').write_bytes(b'\0' * 10)
-    finish(start_run(crash, resume='auto'))                   # the same command, resume='auto'
+    finish(start_run(crash))                                  # the same command again (resume='auto')
     a, b = (json.loads((d / 'result.json').read_text()) for d in (full, crash))
     assert [h['loss'] for h in a['history']] == [h['loss'] for h in b['history']] and len(a['history']) == 10
+    from hybridslm.train.checkpoint import list_checkpoints
+    assert [p.name for p in list_checkpoints(ck)] == ['step-000008', 'step-000010']      # keep_last=2
     wa, wb = (load_file(d / 'checkpoint' / 'model.safetensors') for d in (full, crash))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     print(f"killed after step {kill_after} (complete checkpoints then: {done}); resumed run bit-identical")

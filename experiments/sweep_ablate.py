@@ -48,6 +48,10 @@ def build_runs(a) -> list[dict]:
     for kv in a.param:
         if '=' not in kv: raise ValueError(f"-p {kv!r}: expected KEY=VALUE")
         k, v = kv.split('=', 1); extra[k.strip()] = yaml.safe_load(v)
+    import papermill
+    known = set(papermill.inspect_notebook(str(NB)))
+    unknown = sorted(set(extra) - known)
+    if unknown: raise ValueError(f"unknown notebook parameter(s) {unknown}; {NB.name} takes {sorted(known - {'_declared'})}")
     for k in ('patterns', 'reference_pattern', 'task', 'out_dir', 'run_name'):
         if k in extra: raise ValueError(f"-p {k}=... is set by the sweep driver; use its own options")
     root = Path(a.runs_root) / a.name

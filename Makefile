@@ -39,11 +39,15 @@ demo: install
 
 test: install-all test-nb test-py
 
+# Tests run two notebooks / two pytest workers at once on a 2-core box: one BLAS/OpenMP thread each, since
+# oversubscribed OpenMP threads spin against each other and were measured 10-20x slower here.
+TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+
 test-nb: install-all
-	$(BIN)/nbdev_test --n_workers 2 --timing
+	$(TEST_ENV) $(BIN)/nbdev_test --n_workers 2 --timing
 
 test-py: install-all
-	$(BIN)/python -m pytest $(PYTEST_ARGS) tests
+	$(TEST_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS) tests
 
 # On the GPU machine: run the cells flagged `#| gpu` and `#| slow` as well.
 test-gpu:

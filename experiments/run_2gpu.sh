@@ -38,7 +38,7 @@ read -r -a EXTRA <<< "${RUN2GPU_EXTRA:-}"   # CPU dry run of this script: tiny o
 run() {  # name, extra papermill args...
   local name=$1; shift
   echo "=== $name: $* ($(date -u +%T))"; mkdir -p "$DEST/$name"
-  timeout 200 papermill experiments/train.ipynb "$DEST/$name/train.ipynb" "${COMMON[@]}" -p run_name "$name" \
+  timeout 180 papermill experiments/train.ipynb "$DEST/$name/train.ipynb" "${COMMON[@]}" -p run_name "$name" \
       -p out_dir "$DEST/$name" "$@" "${EXTRA[@]}" --log-output --no-progress-bar 2>&1 | grep -v "^\s*$" | grep -vi "warn" | tail -n 40
   echo "=== $name exit ${PIPESTATUS[0]} ($(date -u +%T))"
 }

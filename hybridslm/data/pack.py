@@ -17,24 +17,17 @@ __all__ = ['EOS', 'FORMAT', 'train_tokenizer', 'load_tokenizer', 'tokenize', 'Pa
 EOS = '<|endoftext|>'
 
 def train_tokenizer(texts, vocab_size: int = 8192, out_dir=None, min_frequency: int = 2):
-    "Train a byte-level BPE on `texts`; returns a `PreTrainedTokenizerFast` (saved to `out_dir` if given)."
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
-    from transformers import PreTrainedTokenizerFast
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tr = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOS],
-                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, tr)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=None)
+    "Train a byte-level BPE on `texts` (`hybridslm.tokenizer.train_bpe_tokenizer`); saved to `out_dir` if given."
+    from hybridslm.tokenizer import train_bpe_tokenizer
+    fast = train_bpe_tokenizer(texts, vocab_size=vocab_size, min_frequency=min_frequency)
     if out_dir is not None: fast.save_pretrained(str(out_dir))
     return fast
 
 def load_tokenizer(tokenizer):
-    "A fast tokenizer from an object, a local directory or a hub name; it must define an EOS token."
+    "A fast tokenizer from an object, or a name/directory via `hybridslm.tokenizer.load_tokenizer`; it must define EOS."
     if isinstance(tokenizer, (str, os.PathLike)):
-        from transformers import AutoTokenizer
-        try: tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+        from hybridslm.tokenizer import load_tokenizer as _load
+        try: tokenizer = _load(str(tokenizer))
         except Exception as e: raise ValueError(f"tokenizer={str(tokenizer)!r} could not be loaded: {e}") from e
     if not getattr(tokenizer, 'is_fast', False): raise ValueError(f"tokenizer {type(tokenizer).__name__} is not a fast (Rust) tokenizer")
     if tokenizer.eos_token_id is None: raise ValueError("tokenizer has no eos_token_id: packing needs one between documents")

@@ -10,19 +10,9 @@ out, stages = Path(sys.argv[1]), sys.argv[2].split(',')
 from hybridslm.train.deepspeed import fit_deepspeed, init_distributed
 from hybridslm.train.loop import TrainArgs, TokenSequences
 from hybridslm.config import HybridConfig
-from hybridslm.model import HybridForCausalLM
 import deepspeed
 
-class NaNAt(HybridForCausalLM):
-    "Returns a NaN loss on forward call number `nan_at` (counted per process)."
-    calls, nan_at = 0, -1
-    def forward(self, *a, **k):
-        out = super().forward(*a, **k)
-        if NaNAt.calls == NaNAt.nan_at: out.loss = out.loss * float('nan')
-        NaNAt.calls += 1
-        return out
-
-CFG = dict(vocab_size=256, d_model=32, layer_pattern='MA', n_heads=4, n_kv_heads=2, d_state=8, headdim=16, chunk_size=8)
+from ds_helpers import CFG, NaNAt
 rank, world, dev = init_distributed()
 rows = TokenSequences((np.arange(4096) * 7) % 256, 16)   # learnable: next = previous + 7 (mod 256)
 for name in stages:

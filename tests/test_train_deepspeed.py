@@ -32,19 +32,12 @@ def test_zero_stages_match_plain_adamw(tmp_path):
     from safetensors.torch import load_file
     from hybridslm.train.loop import TrainArgs, TokenSequences, fit
     from hybridslm.config import HybridConfig
-    from hybridslm.model import HybridForCausalLM
     spawn([str(REPO / 'tests' / 'ds_zero_worker.py'), str(tmp_path), '0,1,2,3,N0,N2,N3'])
     # reference: one process, plain torch AdamW, the same global batch (2 ranks x micro-batch 2 = 4 rows)
     torch.set_num_threads(1)
-    cfg = HybridConfig(vocab_size=256, d_model=32, layer_pattern='MA', n_heads=4, n_kv_heads=2, d_state=8, headdim=16, chunk_size=8)
+    from ds_helpers import CFG, NaNAt
+    cfg = HybridConfig(**CFG)
     rows = TokenSequences((np.arange(4096) * 7) % 256, 16)   # learnable: next = previous + 7 (mod 256)
-    class NaNAt(HybridForCausalLM):
-        calls, nan_at = 0, -1
-        def forward(self, *a, **k):
-            out = super().forward(*a, **k)
-            if NaNAt.calls == NaNAt.nan_at: out.loss = out.loss * float('nan')
-            NaNAt.calls += 1
-            return out
     def reference(nan_at=-1):
         NaNAt.calls, NaNAt.nan_at = 0, nan_at
         torch.manual_seed(0); ref = NaNAt(cfg)

@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 from .optim import lr_at, make_optimizer, param_groups
 from .checkpoint import CheckpointError, latest_checkpoint, list_checkpoints
-from .loop import TrainArgs, BatchSampler, evaluate
+from .loop import TrainArgs, BatchSampler, evaluate, count_bad_step
 
 # %% auto #0
 __all__ = ['default_zero_stage', 'make_ds_config', 'init_distributed', 'safe_torch_load', 'fit_deepspeed', 'ds_checkpoint_to_hf']
@@ -221,11 +221,7 @@ def fit_deepspeed(model, train_data, val_data=None, args: TrainArgs | None = Non
             state['tokens'] += ids.numel() * world
         if not finite:
             if ids_prev is not None: _close_bad_window(engine, ids_prev)
-            state['bad_steps'] += 1; bad_in_row += 1
-            if bad_in_row >= args.max_bad_steps:
-                bar.close()
-                raise FloatingPointError(f"{bad_in_row} non-finite losses in a row at step {state['step']}: aborting "
-                                         f"(lower the LR, check the data, keep SSM params fp32)")
+            bad_in_row = count_bad_step(state, bad_in_row, args, bar)
             continue
         bad_in_row = 0
         if not engine.zero_optimization():      # stage 0: DeepSpeed clips but does not report the norm

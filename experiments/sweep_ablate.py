@@ -4,7 +4,8 @@ aggregate (results.json, results_table.csv/.md, plots) over all of them.
 
 Each run gets `reference_pattern` = the first pattern of the sweep, so parameter counts match across runs that never
 see each other. Runs land in papermill_runs/ablate/<name>/<pattern>/ (executed notebook + its own results), the
-aggregate in papermill_runs/ablate/<name>/.
+aggregate (plus the report notebook experiments/ablate_report.ipynb, executed as report.ipynb) in
+papermill_runs/ablate/<name>/.
 
     # run everything here, one after the other (or --jobs N, --gpus 0,1,2,3 to spread over GPUs)
     python experiments/sweep_ablate.py --name gpu_lm --task lm --patterns mamba,attention,seed,1in8 -p device=cuda
@@ -94,6 +95,12 @@ def main(argv=None) -> int:
     agg = aggregate([r['dir'] for r in runs], runs[0]['dir'].parent)
     print(agg['table'].to_string(index=False))
     print('plots:', ', '.join(str(p) for p in agg['plots']))
+    print(agg['conclusion'])
+    import papermill                                   # the sweep's reading copy: tables, plots, computed verdict
+    root = runs[0]['dir'].parent
+    papermill.execute_notebook(str(REPO / 'experiments' / 'ablate_report.ipynb'), str(root / 'report.ipynb'), kernel_name='python3',
+                               parameters={'sweeps': [str(root)]}, cwd=str(REPO), progress_bar=False)
+    print('report:', root / 'report.ipynb')
     return 0
 
 if __name__ == '__main__':

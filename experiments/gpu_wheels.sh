@@ -13,7 +13,8 @@ jsonschema==4.26.0 jsonschema-specifications==2025.9.1 jupyter-client==8.10.0 ju
 matplotlib-inline==0.2.2 nbclient==0.11.0 nbformat==5.11.1 nest-asyncio2==1.7.4 papermill==2.7.0 parso==0.8.7
 pexpect==4.9.0 platformdirs==4.14.8 prompt-toolkit==3.0.53 ptyprocess==0.7.0 pure-eval==0.2.4 pydantic==2.14.4
 pydantic-core==2.50.5 pyzmq==27.3.0 referencing==0.37.0 rpds-py==2026.9.1 stack-data==0.6.3 tenacity==9.2.1
-tornado==6.6.1 traitlets==5.16.1 typing-inspection==0.4.5 wcwidth==0.9.4"
+tornado==6.6.1 traitlets==5.16.1 typing-inspection==0.4.5 wcwidth==0.9.4 msgpack==1.2.4 py-cpuinfo==9.0.0
+ninja==1.13.2"
 $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform manylinux_2_5_x86_64 -d .whl $PKGS

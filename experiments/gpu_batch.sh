@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# GPU work of issues 4, 7 and 9 batched for a lent machine with no network (one call = at most 10 minutes).
+# Run from the repo root after carrying the wheel folders (.whl: experiments/gpu_wheels.sh; .whlgpu: mamba_ssm,
+# torchao, nbdev/papermill — see ../shared/GPU.md) and, for the LM ablation, .gpudata/corpus (pretraining shards).
+#
+#     bash experiments/gpu_batch.sh train2gpu [quant]   # 2 GPUs: experiments/run_2gpu.sh, then the CUDA quant bench
+#     bash experiments/gpu_batch.sh ablate [quant]      # GPU 0: MQAR sweep (+ quant after it); GPU 1: LM sweep
+#
+# Everything is written under $OUT (or /tmp/gpu_out) as it finishes, so a run cut off by the call limit still
+# returns what completed. Each step gets a deadline so the call's wall limit is never the thing that stops it.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
+START=$(date +%s); LIMIT=${LIMIT:-575}
+left() { echo $(( LIMIT - ($(date +%s) - START) )); }
+
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whlgpu/*.whl 2>&1 | tail -2
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl 2>&1 | tail -2
+export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 WANDB_MODE=offline MPLBACKEND=Agg
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+python3 -c "import torch, transformers, mamba_ssm, papermill; print('torch', torch.__version__, 'transformers', transformers.__version__, 'mamba_ssm', mamba_ssm.__version__, 'gpus', torch.cuda.device_count())" 2>&1 | tail -1
+
+quant() {   # the CUDA quantization bench on the 125m checkpoint trained by the 1-GPU run (if this machine made one)
+  local base=papermill_runs/train_2gpu/1gpu_zero2/checkpoint t=$(( $(left) - 10 ))
+  [ -f "$base/config.json" ] || base=papermill_runs/demo/checkpoint
+  [ "$t" -gt 60 ] || { echo "quant: skipped, only ${t}s left"; return; }
+  echo "=== quant on $base (${t}s) $(date -u +%T)"
+  CUDA_VISIBLE_DEVICES=${1:-0} timeout "$t" python3 -m papermill experiments/bench_quant.ipynb "$OUT/bench_quant_cuda.ipynb" \
+      -k python3 --no-progress-bar -p device cuda -p base_model "$base" -p out_dir "$OUT/bench_quant" 2>&1 | grep -v -i warn | tail -n 15
+  echo "=== quant exit ${PIPESTATUS[0]} $(date -u +%T)"
+}
+
+case "${1:-}" in
+  train2gpu)
+    bash experiments/run_2gpu.sh
+    [ "${2:-}" = quant ] && quant 0 ;;
+  ablate)
+    t=$(( $(left) - 20 ))
+    ( timeout "$t" python3 experiments/sweep_ablate.py --name gpu_mqar --task mqar --gpus 0 --runs-root "$OUT/ablate" \
+        -p device=cuda -p steps=1500 > "$OUT/sweep_mqar.log" 2>&1; echo "mqar sweep exit $?" >> "$OUT/sweep_mqar.log"
+      [ "${2:-}" = quant ] && quant 0 ) &
+    ( timeout "$t" python3 experiments/sweep_ablate.py --name gpu_lm --task lm --gpus 1 --runs-root "$OUT/ablate" \
+        -p device=cuda -p lm_source=.gpudata/corpus > "$OUT/sweep_lm.log" 2>&1; echo "lm sweep exit $?" >> "$OUT/sweep_lm.log" ) &
+    wait
+    tail -n 25 "$OUT/sweep_mqar.log" "$OUT/sweep_lm.log" ;;
+  final)   # one call for what a first pass lost: 1-GPU baseline (GPU 0), then a demo model + quant bench on it (GPU 0);
+           # both ablation sweeps at once on GPU 1 (their throughput column is then shared-GPU, comparable only within).
+           # Results as tarballs: the tool returns at most 8 files, no deeper than $OUT/a/b/file.
+    W=papermill_runs; t=$(( $(left) - 25 ))
+    tarit() { tar czf "$OUT/$1.tgz" --exclude='*.safetensors' --exclude='*.pt' --exclude='checkpoints' --exclude='tb' "${@:2}" 2>/dev/null; }
+    ( timeout "$t" python3 experiments/sweep_ablate.py --name gpu_mqar --task mqar --gpus 1 --jobs 3 --runs-root $W/ablate \
+        -p device=cuda -p steps=1500 > "$OUT/sweep_mqar.log" 2>&1; echo "mqar sweep exit $?" >> "$OUT/sweep_mqar.log" ) &
+    ( timeout "$t" python3 experiments/sweep_ablate.py --name gpu_lm --task lm --gpus 1 --jobs 4 --runs-root $W/ablate \
+        -p device=cuda -p lm_source=.gpudata/corpus -p steps=300 > "$OUT/sweep_lm.log" 2>&1; echo "lm sweep exit $?" >> "$OUT/sweep_lm.log" ) &
+    ( export CUDA_VISIBLE_DEVICES=0
+      echo "=== 1gpu_zero2 $(date -u +%T)"
+      timeout 240 papermill experiments/train.ipynb $W/train_2gpu/1gpu_zero2/train.ipynb -k python3 --no-progress-bar --log-output \
+        -p preset 125m -p seq_len 2048 -p micro_batch 4 -p grad_accum 4 -p lr 6e-4 -p warmup 10 -p max_steps 16 \
+        -y 'time_budget_min: null' -p eval_every 0 -p eval_batches 4 -p final_eval_batches 8 -p save_every 0 \
+        -p require_beat_unigram False -p log_to tensorboard -p sample_tokens 40 -p num_gpus 1 -p zero_stage 2 \
+        -p master_port 29511 -p run_name 1gpu_zero2 -p out_dir $W/train_2gpu/1gpu_zero2 2>&1 | grep -E "steps,|perplexity|Error|error" | tail -5
+      tarit train1 $W/train_2gpu
+      echo "=== demo on GPU $(date -u +%T)"
+      timeout 200 papermill experiments/train.ipynb $W/demo_gpu/train.ipynb -k python3 --no-progress-bar -p preset demo \
+        -p device cuda -p micro_batch 32 -p warmup 100 -p max_steps 20000 -p time_budget_min 1.5 -p eval_every 500 \
+        -p run_name demo_gpu -p out_dir $W/demo_gpu 2>&1 | grep -E "steps,|perplexity|Error|error" | tail -5
+      tarit demo $W/demo_gpu
+      if [ -f $W/demo_gpu/checkpoint/config.json ]; then
+        t2=$(( $(left) - 15 )); echo "=== quant ${t2}s $(date -u +%T)"
+        timeout "$t2" papermill experiments/bench_quant.ipynb $W/bench_quant/bench_quant_cuda.ipynb -k python3 --no-progress-bar \
+          -p device cuda -p base_model $W/demo_gpu/checkpoint -p out_dir $W/bench_quant 2>&1 | grep -E "^\|" | tail -8
+        tarit quant $W/bench_quant
+      fi ) &
+    wait
+    tarit ablate $W/ablate
+    tail -n 8 "$OUT/sweep_mqar.log" "$OUT/sweep_lm.log" ;;
+  *) echo "usage: $0 train2gpu|ablate|final [quant]"; exit 2 ;;
+esac
+echo "done in $(( $(date +%s) - START ))s"

@@ -5,6 +5,8 @@
 #
 #     bash experiments/gpu_batch.sh train2gpu [quant]   # 2 GPUs: experiments/run_2gpu.sh, then the CUDA quant bench
 #     bash experiments/gpu_batch.sh ablate [quant]      # GPU 0: MQAR sweep (+ quant after it); GPU 1: LM sweep
+#     bash experiments/gpu_batch.sh benchgpu            # 1 GPU: experiments/bench_gpu.ipynb with the bf16 SSM state
+#     bash experiments/gpu_batch.sh final               # what the first pass of 2026-11-25 lost (see its comment)
 #
 # Everything is written under $OUT (or /tmp/gpu_out) as it finishes, so a run cut off by the call limit still
 # returns what completed. Each step gets a deadline so the call's wall limit is never the thing that stops it.
@@ -33,9 +35,14 @@ quant() {   # the CUDA quantization bench on the 125m checkpoint trained by the 
 }
 
 case "${1:-}" in
-  train2gpu)
-    bash experiments/run_2gpu.sh
-    [ "${2:-}" = quant ] && quant 0 ;;
+  train2gpu)   # the tool returns at most 8 files: everything goes back as one tarball (plus the log)
+    OUT= bash experiments/run_2gpu.sh > "$OUT/run_2gpu.log" 2>&1; tail -n 30 "$OUT/run_2gpu.log"
+    [ "${2:-}" = quant ] && quant 0
+    tar czf "$OUT/train2gpu.tgz" --exclude='*.safetensors' --exclude='*.pt' --exclude='checkpoints' --exclude='tb' \
+        papermill_runs/train_2gpu papermill_runs/bench_quant 2>/dev/null ;;
+  benchgpu)    # issue 3's same-run table with the bf16 SSM state (compiled variant capped per system)
+    timeout $(( $(left) - 15 )) python3 -m papermill experiments/bench_gpu.ipynb "$OUT/bench_gpu.ipynb" -k python3 --no-progress-bar \
+        -p ssm_state_dtype bfloat16 -p system_timeout_s 150 -p out_dir "$OUT/bench_gpu" 2>&1 | grep -v -i warn | tail -n 30 ;;
   ablate)
     t=$(( $(left) - 20 ))
     ( timeout "$t" python3 experiments/sweep_ablate.py --name gpu_mqar --task mqar --gpus 0 --runs-root "$OUT/ablate" \
@@ -76,6 +83,6 @@ case "${1:-}" in
     wait
     tarit ablate $W/ablate
     tail -n 8 "$OUT/sweep_mqar.log" "$OUT/sweep_lm.log" ;;
-  *) echo "usage: $0 train2gpu|ablate|final [quant]"; exit 2 ;;
+  *) echo "usage: $0 train2gpu|ablate|benchgpu|final [quant]"; exit 2 ;;
 esac
 echo "done in $(( $(date +%s) - START ))s"

@@ -61,6 +61,7 @@ case "${1:-}" in
         -p device=cuda -p steps=1500 > "$OUT/sweep_mqar.log" 2>&1; echo "mqar sweep exit $?" >> "$OUT/sweep_mqar.log" ) &
     ( timeout "$t" python3 experiments/sweep_ablate.py --name gpu_lm --task lm --gpus 1 --jobs 4 --runs-root $W/ablate \
         -p device=cuda -p lm_source=.gpudata/corpus -p steps=300 > "$OUT/sweep_lm.log" 2>&1; echo "lm sweep exit $?" >> "$OUT/sweep_lm.log" ) &
+    mkdir -p $W/train_2gpu/1gpu_zero2 $W/demo_gpu $W/bench_quant   # papermill does not create an output notebook's folder
     ( export CUDA_VISIBLE_DEVICES=0
       echo "=== 1gpu_zero2 $(date -u +%T)"
       timeout 240 papermill experiments/train.ipynb $W/train_2gpu/1gpu_zero2/train.ipynb -k python3 --no-progress-bar --log-output \

@@ -1,5 +1,5 @@
 """One rank of the ZeRO-equivalence test (tests/test_train_deepspeed.py): trains the same tiny model under
-ZeRO stages 0, 1, 2 and 3 in turn and writes each stage's per-step losses and final weights to OUT."""
+ZeRO stages 0, 1, 2 and 3 in turn (and ZeRO-3 on a model built partitioned) and writes each stage's per-step losses and final weights to OUT."""
 import json, os, sys
 from pathlib import Path
 import numpy as np, torch
@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 
 torch.set_num_threads(1)
 out, stages = Path(sys.argv[1]), sys.argv[2].split(',')
-from hybridslm.train.deepspeed import fit_deepspeed, init_distributed
+from hybridslm.train.deepspeed import fit_deepspeed, init_distributed, zero3_init
 from hybridslm.train.loop import TrainArgs, TokenSequences
 from hybridslm.config import HybridConfig
 import deepspeed
@@ -17,9 +17,11 @@ rank, world, dev = init_distributed()
 rows = TokenSequences((np.arange(4096) * 7) % 256, 16)   # learnable: next = previous + 7 (mod 256)
 for name in stages:
     # 'N' + stage: rank 0 alone gets a NaN loss in the 2nd micro-batch of step 2 (a partial accumulation window)
-    stage, nan = int(name.lstrip('N')), name.startswith('N')
+    # 'I3': ZeRO-3 with the model built already partitioned (zero3_init), which must equal one built whole
+    stage, nan = int(name.lstrip('NI')), name.startswith('N')
     NaNAt.calls, NaNAt.nan_at = 0, (3 if nan and rank == 0 else -1)
-    torch.manual_seed(0); model = NaNAt(HybridConfig(**CFG))
+    torch.manual_seed(0)
+    with zero3_init(name.startswith('I')): model = NaNAt(HybridConfig(**CFG))
     args = TrainArgs(max_steps=4, micro_batch=2, grad_accum=2, lr=3e-3, warmup=1, eval_every=0, precision='fp32',
                      progress=False)
     res = fit_deepspeed(model, rows, None, args, zero_stage=stage)

@@ -32,7 +32,7 @@ def test_zero_stages_match_plain_adamw(tmp_path):
     from safetensors.torch import load_file
     from hybridslm.train.loop import TrainArgs, TokenSequences, fit
     from hybridslm.config import HybridConfig
-    spawn([str(REPO / 'tests' / 'ds_zero_worker.py'), str(tmp_path), '0,1,2,3,N0,N2,N3'])
+    spawn([str(REPO / 'tests' / 'ds_zero_worker.py'), str(tmp_path), '0,1,2,3,N0,N2,N3,I3'])
     # reference: one process, plain torch AdamW, the same global batch (2 ranks x micro-batch 2 = 4 rows)
     torch.set_num_threads(1)
     from ds_helpers import CFG, NaNAt
@@ -44,7 +44,7 @@ def test_zero_stages_match_plain_adamw(tmp_path):
         res = fit(ref, rows, None, TrainArgs(max_steps=4, micro_batch=4, grad_accum=2, lr=3e-3, warmup=1, eval_every=0,
                                              precision='fp32', progress=False))
         return np.array([h['loss'] for h in res['history']]), {n: p.detach() for n, p in ref.named_parameters()}, res['bad_steps']
-    base = reference(); refs = {s: base for s in ('0', '1', '2', '3')}
+    base = reference(); refs = {s: base for s in ('0', '1', '2', '3', 'I3')}
     refs['N2'] = refs['N0'] = refs['N3'] = reference(nan_at=3)   # NaN guard: the whole window is dropped, no step, counted
     assert refs['N2'][2] == 1 and refs['0'][2] == 0 and not np.allclose(refs['N2'][0][1:], refs['0'][0][1:])
     assert refs['0'][0][-1] < refs['0'][0][0] - 0.01                 # it trains, so matching is not trivial

@@ -20,7 +20,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl 2>&1 | tail -2
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 WANDB_MODE=offline MPLBACKEND=Agg
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 TRITON_CACHE_AUTOTUNING=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch, transformers, mamba_ssm, papermill; print('torch', torch.__version__, 'transformers', transformers.__version__, 'mamba_ssm', mamba_ssm.__version__, 'gpus', torch.cuda.device_count())" 2>&1 | tail -1
 
@@ -36,7 +36,7 @@ quant() {   # the CUDA quantization bench on the 125m checkpoint trained by the 
 
 case "${1:-}" in
   train2gpu)   # the tool returns at most 8 files: everything goes back as one tarball (plus the log)
-    OUT= bash experiments/run_2gpu.sh > "$OUT/run_2gpu.log" 2>&1; tail -n 30 "$OUT/run_2gpu.log"
+    OUT= RUN2GPU_BUDGET_S=$(( $(left) - 40 )) bash experiments/run_2gpu.sh > "$OUT/run_2gpu.log" 2>&1; tail -n 30 "$OUT/run_2gpu.log"
     [ "${2:-}" = quant ] && quant 0
     tar czf "$OUT/train2gpu.tgz" --exclude='*.safetensors' --exclude='*.pt' --exclude='checkpoints' --exclude='tb' \
         papermill_runs/train_2gpu papermill_runs/bench_quant 2>/dev/null ;;

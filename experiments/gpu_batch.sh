@@ -6,6 +6,7 @@
 #     bash experiments/gpu_batch.sh train2gpu [quant]   # 2 GPUs: experiments/run_2gpu.sh, then the CUDA quant bench
 #     bash experiments/gpu_batch.sh ablate [quant]      # GPU 0: MQAR sweep (+ quant after it); GPU 1: LM sweep
 #     bash experiments/gpu_batch.sh benchgpu            # 1 GPU: experiments/bench_gpu.ipynb with the bf16 SSM state
+#     bash experiments/gpu_batch.sh levers              # 2 GPUs: the bench with the compiled variant + training levers
 #     bash experiments/gpu_batch.sh final               # what the first pass of 2026-11-25 lost (see its comment)
 #
 # Everything is written under $OUT (or /tmp/gpu_out) as it finishes, so a run cut off by the call limit still
@@ -43,6 +44,27 @@ case "${1:-}" in
   benchgpu)    # issue 3's same-run table with the bf16 SSM state (compiled variant capped per system)
     timeout $(( $(left) - 15 )) python3 -m papermill experiments/bench_gpu.ipynb "$OUT/bench_gpu.ipynb" -k python3 --no-progress-bar \
         -p ssm_state_dtype bfloat16 -p system_timeout_s 150 -p out_dir "$OUT/bench_gpu" 2>&1 | grep -v -i warn | tail -n 30 ;;
+  levers)      # issue 3 on 2 GPUs at once. GPU 0: the same-process table (ours eager, mamba_ssm, Llama, ours compiled),
+               # with a profile of one training step each. GPU 1: the training levers, one papermill run each, and the
+               # 125m shape of issue 4 through the plain single-process loop. Results as two tarballs.
+    mkdir -p "$OUT/bench_gpu" "$OUT/levers"
+    ( CUDA_VISIBLE_DEVICES=0 timeout $(( $(left) - 30 )) python3 -m papermill experiments/bench_gpu.ipynb "$OUT/bench_gpu/bench_gpu.ipynb" \
+        -k python3 --no-progress-bar -p ssm_state_dtype bfloat16 -p system_timeout_s 200 -p profile True \
+        -y 'systems: [hybridslm, mamba_ssm, hf_llama, hybridslm_compiled]' -p out_dir "$OUT/bench_gpu" > "$OUT/bench_gpu.log" 2>&1
+      echo "bench exit $? $(date -u +%T)" >> "$OUT/bench_gpu.log" ) &
+    ( export CUDA_VISIBLE_DEVICES=1
+      lever() { local name=$1; shift; mkdir -p "$OUT/levers/$name"; echo "=== $name $(date -u +%T)"
+        timeout $(( $(left) - 30 )) python3 -m papermill experiments/bench_gpu.ipynb "$OUT/levers/$name/bench_gpu.ipynb" -k python3 \
+          --no-progress-bar -y 'prefill_lens: []' -y 'decode_batches: []' -p system_timeout_s 200 -p out_dir "$OUT/levers/$name" "$@" 2>&1 \
+          | grep -v -i warn | tail -n 4; }
+      lever 125m_plain -p preset 125m -p vocab_size 8192 -y 'systems: [hybridslm]' -p profile True
+      lever compiled_mb8 -y 'systems: [hybridslm_compiled]' -p compiled_micro_batch 8
+      lever compiled_mb8_chunk -y 'systems: [hybridslm_compiled]' -p compiled_micro_batch 8 -p loss_chunk_tokens 8192
+      lever eager_mb4_chunk -y 'systems: [hybridslm]' -p loss_chunk_tokens 8192 ) > "$OUT/levers.log" 2>&1 &
+    wait
+    tar czf "$OUT/bench.tgz" -C "$OUT" bench_gpu bench_gpu.log; tar czf "$OUT/levers.tgz" -C "$OUT" levers levers.log
+    rm -rf "$OUT/bench_gpu" "$OUT/levers"
+    tail -n 12 "$OUT/bench_gpu.log"; cat "$OUT/levers.log" | tail -n 30 ;;
   ablate)
     t=$(( $(left) - 20 ))
     ( timeout "$t" python3 experiments/sweep_ablate.py --name gpu_mqar --task mqar --gpus 0 --runs-root "$OUT/ablate" \
@@ -84,6 +106,6 @@ case "${1:-}" in
     wait
     tarit ablate $W/ablate
     tail -n 8 "$OUT/sweep_mqar.log" "$OUT/sweep_lm.log" ;;
-  *) echo "usage: $0 train2gpu|ablate|benchgpu|final [quant]"; exit 2 ;;
+  *) echo "usage: $0 train2gpu|ablate|benchgpu|levers|final [quant]"; exit 2 ;;
 esac
 echo "done in $(( $(date +%s) - START ))s"

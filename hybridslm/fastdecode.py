@@ -17,6 +17,7 @@ class StaticDecoder:
     "Greedy decoding with a static hybrid cache; `use_graph=True` captures one step as a CUDA graph."
     def __init__(self, model, batch: int, max_len: int, use_graph: bool | None = None, compile: bool = False):
         self.model, self.B, self.max_len = model, batch, max_len
+        self.compiled = compile
         self.step_fn = torch.compile(self._step) if compile else self._step   # fuse the small elementwise kernels
         p = next(model.parameters())
         self.device, self.dtype = p.device, model.model.embed_tokens.weight.dtype
@@ -52,7 +53,7 @@ class StaticDecoder:
         for blk, cache in zip(m.layers, self.cache.layers):
             x = blk.mixer_norm(h).to(blk.mixer_norm.weight.dtype)
             if blk.kind == 'M':
-                y = blk.mixer.step(x, cache)
+                y = blk.mixer.step(x, cache, use_kernel=not self.compiled, advance=False)   # compiled: the recurrence fuses
             else:
                 a = blk.mixer
                 q = a.q_proj(x).view(self.B, 1, a.n_heads, a.hd).transpose(1, 2)

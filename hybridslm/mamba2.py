@@ -89,6 +89,11 @@ def load_mamba_kernels():
         _KERNELS = ()
     return _KERNELS or None
 
+@torch.compiler.disable
+def _run_kernel(fn, *args, **kwargs):
+    "Call a mamba_ssm Triton kernel eagerly: inside `torch.compile` this is one clean graph break (its autotuner and launcher are Python)."
+    return fn(*args, **kwargs)
+
 # %% ../nbs/03_mamba2.ipynb #284d4a92
 class Mamba2Mixer(nn.Module):
     "Mamba-2 SSD mixer with mamba_ssm's parameter layout; torch, step and Triton-kernel paths."
@@ -145,7 +150,7 @@ class Mamba2Mixer(nn.Module):
 
     def _kernels(self, x):
         if self.use_kernels is False or not x.is_cuda: return None
-        k = load_mamba_kernels()
+        k = (_KERNELS or None) if torch.compiler.is_compiling() and _KERNELS is not None else load_mamba_kernels()
         if k is None and self.use_kernels is True:
             raise RuntimeError("Mamba2Mixer(use_kernels=True) but mamba_ssm's Triton kernels could not be imported")
         return k
@@ -178,7 +183,7 @@ class Mamba2Mixer(nn.Module):
         if mask is not None: dtp = torch.where(mask.bool()[..., None], dtp, torch.zeros((), device=dtp.device))
         kern = self._kernels(u)
         if kern is not None:
-            y, hT = kern[0](x4, dtp.to(x4.dtype) if x4.dtype != torch.float32 else dtp, A, B4, C4, self.chunk_size,
+            y, hT = _run_kernel(kern[0], x4, dtp.to(x4.dtype) if x4.dtype != torch.float32 else dtp, A, B4, C4, self.chunk_size,
                             D=self.D.float(), initial_states=h0, dt_softplus=False, return_final_states=True)
         else:
             y, hT = ssd_chunked(x4, dtp, A, B4, C4, self.chunk_size, self.D, h0)
@@ -189,8 +194,8 @@ class Mamba2Mixer(nn.Module):
         y = self.norm(y.reshape(b, l, self.d_inner).to(u.dtype), z)
         return self.out_proj(y)
 
-    def step(self, u, cache: MambaCache):
-        "One decoding step: u `(b, 1, d_model)`; O(1) in the context length."
+    def step(self, u, cache: MambaCache, use_kernel: bool = True, advance: bool = True):
+        "One decoding step: u `(b, 1, d_model)`; O(1) in the context length. `use_kernel=False`: the torch recurrence even on CUDA (what `torch.compile` fuses); `advance=False`: leave `cache.seqlen` alone (a compiled step would otherwise be specialised on it)."
         b = u.shape[0]
         z, xBC, dt = torch.split(self.in_proj(u[:, 0]), [self.d_inner, self.conv_dim, self.nheads], -1)
         cs = cache.conv_state
@@ -202,10 +207,10 @@ class Mamba2Mixer(nn.Module):
         A = -torch.exp(self.A_log.float())
         x = x.reshape(b, self.nheads, self.headdim)
         B, C = B.reshape(b, self.ngroups, self.d_state), C.reshape(b, self.ngroups, self.d_state)
-        kern = self._kernels(u)
+        kern = self._kernels(u) if use_kernel else None
         if kern is not None and self.dt_limit == (0.0, float('inf')):
             P, N = self.headdim, self.d_state
-            y = kern[1](cache.ssm_state, x, dt[:, :, None].expand(-1, -1, P), A[:, None, None].expand(-1, P, N),
+            y = _run_kernel(kern[1], cache.ssm_state, x, dt[:, :, None].expand(-1, -1, P), A[:, None, None].expand(-1, P, N),
                         B, C, self.D[:, None].expand(-1, P), z=None, dt_bias=self.dt_bias[:, None].expand(-1, P),
                         dt_softplus=True)
         else:
@@ -216,6 +221,6 @@ class Mamba2Mixer(nn.Module):
             st = st * torch.exp(dtp * A)[..., None, None] + (dtp[..., None] * x.float())[..., None] * Bh[:, :, None]
             cache.ssm_state.copy_(st)
             y = torch.einsum('bhpn,bhn->bhp', st, Ch) + self.D.float()[:, None] * x.float()
-        cache.seqlen += 1
+        if advance: cache.seqlen += 1
         y = self.norm(y.reshape(b, 1, self.d_inner).to(u.dtype), z[:, None])
         return self.out_proj(y)

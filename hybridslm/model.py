@@ -16,7 +16,8 @@ from .attention import GQAttention, KVCache
 from .mamba2 import Mamba2Mixer, MambaCache
 
 # %% auto #0
-__all__ = ['HybridCache', 'HybridBlock', 'HybridPreTrainedModel', 'HybridModel', 'chunked_lm_loss', 'HybridForCausalLM']
+__all__ = ['HybridCache', 'HybridBlock', 'HybridPreTrainedModel', 'HybridModel', 'chunked_lm_loss', 'lm_loss',
+           'HybridForCausalLM', 'compile_blocks', 'uncompile_blocks']
 
 # %% ../nbs/04_model.ipynb #a8624c37
 class HybridCache:
@@ -179,6 +180,10 @@ def chunked_lm_loss(h, weight, labels, chunk: int, ignore_index: int = -100):
     total = sum(checkpoint(part, hs[i:i + chunk], ys[i:i + chunk], use_reentrant=False) for i in range(0, len(ys), chunk))
     return total / (ys != ignore_index).sum()
 
+def lm_loss(logits, labels, ignore_index: int = -100):
+    "Mean next-token cross-entropy of `logits (B, L, V)` against `labels (B, L)` (shifted here), in fp32."
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=ignore_index)
+
 class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
     "Hybrid Mamba-2 + attention causal LM (HF `PreTrainedModel` + `GenerationMixin`)."
     _tied_weights_keys = {'lm_head.weight': 'model.embed_tokens.weight'}
@@ -211,7 +216,7 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
         logits = self.lm_head(h)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+            loss = self.__dict__.get('_compiled_loss', lm_loss)(logits, labels)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
                                       hidden_states=out.hidden_states)
 
@@ -231,3 +236,19 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
 
 AutoConfig.register(HybridConfig.model_type, HybridConfig, exist_ok=True)
 AutoModelForCausalLM.register(HybridConfig, HybridForCausalLM, exist_ok=True)
+
+# %% ../nbs/04_model.ipynb #79c302bc
+def compile_blocks(model: HybridForCausalLM, **compile_kwargs) -> HybridForCausalLM:
+    "`torch.compile` each block, the final norm and the loss of `model` in place (kwargs go to `torch.compile`); returns `model`."
+    from hybridslm.mamba2 import load_mamba_kernels
+    load_mamba_kernels()                           # resolved eagerly, so traced code only reads the cached result
+    for blk in model.model.layers: blk.compile(**compile_kwargs)
+    model.model.norm.compile(**compile_kwargs)
+    model.__dict__['_compiled_loss'] = torch.compile(lm_loss, **compile_kwargs)
+    return model
+
+def uncompile_blocks(model: HybridForCausalLM) -> HybridForCausalLM:
+    "Undo `compile_blocks` (e.g. before inference in another dtype, which would recompile every graph); returns `model`."
+    for m in model.modules(): m._compiled_call_impl = None      # what `nn.Module.compile` sets
+    model.__dict__.pop('_compiled_loss', None)
+    return model

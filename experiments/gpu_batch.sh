@@ -5,7 +5,7 @@
 #
 #     bash experiments/gpu_batch.sh train2gpu [quant]   # 2 GPUs: experiments/run_2gpu.sh, then the CUDA quant bench
 #     bash experiments/gpu_batch.sh ablate [quant]      # GPU 0: MQAR sweep (+ quant after it); GPU 1: LM sweep
-#     bash experiments/gpu_batch.sh benchgpu            # 1 GPU: experiments/bench_gpu.ipynb with the bf16 SSM state
+#     bash experiments/gpu_batch.sh benchgpu            # 1 GPU: the final bench_gpu table (+ compiled at micro-batch 8)
 #     bash experiments/gpu_batch.sh levers              # 2 GPUs: the bench with the compiled variant + training levers
 #     bash experiments/gpu_batch.sh final               # what the first pass of 2026-11-25 lost (see its comment)
 #
@@ -41,9 +41,21 @@ case "${1:-}" in
     [ "${2:-}" = quant ] && quant 0
     tar czf "$OUT/train2gpu.tgz" --exclude='*.safetensors' --exclude='*.pt' --exclude='checkpoints' --exclude='tb' \
         papermill_runs/train_2gpu papermill_runs/bench_quant 2>/dev/null ;;
-  benchgpu)    # issue 3's same-run table with the bf16 SSM state (compiled variant capped per system)
-    timeout $(( $(left) - 15 )) python3 -m papermill experiments/bench_gpu.ipynb "$OUT/bench_gpu.ipynb" -k python3 --no-progress-bar \
-        -p ssm_state_dtype bfloat16 -p system_timeout_s 150 -p out_dir "$OUT/bench_gpu" 2>&1 | grep -v -i warn | tail -n 30 ;;
+  benchgpu)    # issue 3's final same-process table (1 GPU): ours eager, mamba_ssm, Llama, ours compiled; bf16 SSM state;
+               # one profiled training step each; then, if time is left, ours compiled at micro-batch 8. One tarball.
+    mkdir -p "$OUT/bench_gpu" "$OUT/compiled_mb8"
+    timeout $(( $(left) - 150 )) python3 -m papermill experiments/bench_gpu.ipynb "$OUT/bench_gpu/bench_gpu.ipynb" -k python3 \
+        --no-progress-bar -p ssm_state_dtype bfloat16 -p system_timeout_s 200 -p profile True \
+        -y 'systems: [hybridslm, mamba_ssm, hf_llama, hybridslm_compiled]' -p out_dir "$OUT/bench_gpu" > "$OUT/bench_gpu.log" 2>&1
+    echo "bench exit $? $(date -u +%T)" >> "$OUT/bench_gpu.log"
+    t=$(( $(left) - 25 ))
+    if [ "$t" -gt 100 ]; then
+      timeout "$t" python3 -m papermill experiments/bench_gpu.ipynb "$OUT/compiled_mb8/bench_gpu.ipynb" -k python3 --no-progress-bar \
+        -y 'prefill_lens: []' -y 'decode_batches: []' -y 'systems: [hybridslm_compiled]' -p compiled_micro_batch 8 \
+        -p out_dir "$OUT/compiled_mb8" > "$OUT/compiled_mb8.log" 2>&1; echo "mb8 exit $?" >> "$OUT/compiled_mb8.log"
+    fi
+    tar czf "$OUT/benchgpu.tgz" -C "$OUT" bench_gpu compiled_mb8 bench_gpu.log $(cd "$OUT" && ls compiled_mb8.log 2>/dev/null)
+    rm -rf "$OUT/bench_gpu" "$OUT/compiled_mb8"; tail -n 5 "$OUT/bench_gpu.log" ;;
   levers)      # issue 3 on 2 GPUs at once. GPU 0: the same-process table (ours eager, mamba_ssm, Llama, ours compiled),
                # with a profile of one training step each. GPU 1: the training levers, one papermill run each, and the
                # 125m shape of issue 4 through the plain single-process loop. Results as two tarballs.

@@ -28,6 +28,7 @@ class StaticDecoder:
         self.tok = torch.zeros(batch, 1, dtype=torch.long, device=self.device)    # input of the next step
         self.pos = torch.zeros(1, dtype=torch.long, device=self.device)           # its position
         self.key_pos = torch.arange(max_len, device=self.device)
+        self.logits = torch.zeros(batch, model.config.vocab_size, dtype=torch.float32, device=self.device)  # last step's
         self.graph = None
 
     @torch.no_grad()
@@ -40,7 +41,7 @@ class StaticDecoder:
             if not isinstance(c, KVCache): c.conv_state.zero_(); c.ssm_state.zero_()
         self.cache._seen = 0
         logits = self.model(input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits
-        self.tok.copy_(logits[:, -1].argmax(-1, keepdim=True)); self.pos.fill_(L)
+        self.logits.copy_(logits[:, -1]); self.tok.copy_(logits[:, -1].argmax(-1, keepdim=True)); self.pos.fill_(L)
         return self.tok.clone()
 
     def _step(self):
@@ -67,6 +68,7 @@ class StaticDecoder:
             h = h + y.to(h.dtype)
             h = h + blk.mlp(blk.mlp_norm(h).to(blk.mlp_norm.weight.dtype)).to(h.dtype)
         logits = self.model.lm_head(m.norm(h).to(m.norm.weight.dtype))
+        self.logits.copy_(logits[:, -1])
         self.tok.copy_(logits[:, -1].argmax(-1, keepdim=True))
         self.pos.add_(1)
 
@@ -88,6 +90,21 @@ class StaticDecoder:
             if isinstance(c, KVCache): c.k.copy_(a); c.v.copy_(b)
             else: c.conv_state.copy_(a); c.ssm_state.copy_(b)
         self.tok.copy_(snap[-1][0]); self.pos.copy_(snap[-1][1])
+
+    @torch.no_grad()
+    def score(self, input_ids, continuation):
+        "Teacher-forced logits `(B, T, V)` fp32 of the static step fed `continuation (B, T)` after `input_ids`: row t predicts token t+1."
+        T = continuation.shape[1]
+        if input_ids.shape[1] + T > self.max_len:
+            raise ValueError(f"prompt {input_ids.shape[1]} + {T} tokens > max_len {self.max_len}")
+        self.prefill(input_ids)
+        if self.use_graph and self.graph is None: self._capture()
+        out = torch.empty(self.B, T, self.logits.shape[-1], dtype=torch.float32, device=self.device)
+        for t in range(T):
+            self.tok.copy_(continuation[:, t:t + 1])
+            self.graph.replay() if self.use_graph else self.step_fn()
+            out[:, t] = self.logits
+        return out
 
     @torch.no_grad()
     def generate(self, input_ids, max_new_tokens: int):

@@ -173,7 +173,13 @@ class Mamba2Mixer(nn.Module):
         hist = (cache.conv_state[..., 1:].to(xt.dtype) if cache is not None and cache.seqlen > 0
                 else xt.new_zeros(b, self.conv_dim, self.d_conv - 1))
         xfull = torch.cat([hist, xt], -1)
-        xBC = F.silu(F.conv1d(xfull, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)).transpose(1, 2)
+        if torch.compiler.is_compiling():   # the same conv as d_conv shifted multiply-adds, which inductor fuses with the SiLU
+            w, L = self.conv1d.weight[:, 0].float(), xfull.shape[-1] - self.d_conv + 1
+            acc = sum(xfull[..., k:k + L].float() * w[:, k:k + 1] for k in range(self.d_conv))
+            if self.conv1d.bias is not None: acc = acc + self.conv1d.bias.float()[:, None]
+            xBC = F.silu(acc).to(xfull.dtype).transpose(1, 2)
+        else:
+            xBC = F.silu(F.conv1d(xfull, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)).transpose(1, 2)
         x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
         A = -torch.exp(self.A_log.float())
         h0 = cache.ssm_state.float() if cache is not None and cache.seqlen > 0 else None

@@ -6,6 +6,7 @@
 #     bash experiments/gpu_batch.sh train2gpu [quant]   # 2 GPUs: experiments/run_2gpu.sh, then the CUDA quant bench
 #     bash experiments/gpu_batch.sh ablate [quant]      # GPU 0: MQAR sweep (+ quant after it); GPU 1: LM sweep
 #     bash experiments/gpu_batch.sh benchgpu            # 1 GPU: the final bench_gpu table (+ compiled at micro-batch 8)
+#     bash experiments/gpu_batch.sh benchfinal          # 1 GPU: mamba_ssm, ours compiled, ours eager (fits one call)
 #     bash experiments/gpu_batch.sh levers              # 2 GPUs: the bench with the compiled variant + training levers
 #     bash experiments/gpu_batch.sh final               # what the first pass of 2026-11-25 lost (see its comment)
 #
@@ -56,6 +57,13 @@ case "${1:-}" in
     fi
     tar czf "$OUT/benchgpu.tgz" -C "$OUT" bench_gpu compiled_mb8 bench_gpu.log $(cd "$OUT" && ls compiled_mb8.log 2>/dev/null)
     rm -rf "$OUT/bench_gpu" "$OUT/compiled_mb8"; tail -n 5 "$OUT/bench_gpu.log" ;;
+  benchfinal)  # the same-process table that fits one call on a cold machine: mamba_ssm, ours compiled, ours eager
+    mkdir -p "$OUT/bench_gpu"
+    timeout $(( $(left) - 20 )) python3 -m papermill experiments/bench_gpu.ipynb "$OUT/bench_gpu/bench_gpu.ipynb" -k python3 \
+        --no-progress-bar -p ssm_state_dtype bfloat16 -p system_timeout_s 240 -p profile True \
+        -y 'systems: [mamba_ssm, hybridslm_compiled, hybridslm]' -p out_dir "$OUT/bench_gpu" > "$OUT/bench_gpu.log" 2>&1
+    echo "bench exit $? $(date -u +%T)" >> "$OUT/bench_gpu.log"
+    tar czf "$OUT/benchfinal.tgz" -C "$OUT" bench_gpu bench_gpu.log; rm -rf "$OUT/bench_gpu"; tail -n 5 "$OUT/bench_gpu.log" ;;
   levers)      # issue 3 on 2 GPUs at once. GPU 0: the same-process table (ours eager, mamba_ssm, Llama, ours compiled),
                # with a profile of one training step each. GPU 1: the training levers, one papermill run each, and the
                # 125m shape of issue 4 through the plain single-process loop. Results as two tarballs.
@@ -118,6 +126,6 @@ case "${1:-}" in
     wait
     tarit ablate $W/ablate
     tail -n 8 "$OUT/sweep_mqar.log" "$OUT/sweep_lm.log" ;;
-  *) echo "usage: $0 train2gpu|ablate|benchgpu|levers|final [quant]"; exit 2 ;;
+  *) echo "usage: $0 train2gpu|ablate|benchgpu|benchfinal|levers|final [quant]"; exit 2 ;;
 esac
 echo "done in $(( $(date +%s) - START ))s"

@@ -7,6 +7,7 @@
 #     bash experiments/gpu_batch.sh ablate [quant]      # GPU 0: MQAR sweep (+ quant after it); GPU 1: LM sweep
 #     bash experiments/gpu_batch.sh benchgpu            # 1 GPU: the final bench_gpu table (+ compiled at micro-batch 8)
 #     bash experiments/gpu_batch.sh benchfinal          # 1 GPU: mamba_ssm, ours compiled, ours eager (fits one call)
+#     bash experiments/gpu_batch.sh levers2             # 1 GPU: experiments/bench_levers.py (issue 3's training levers)
 #     bash experiments/gpu_batch.sh levers              # 2 GPUs: the bench with the compiled variant + training levers
 #     bash experiments/gpu_batch.sh final               # what the first pass of 2026-11-25 lost (see its comment)
 #
@@ -64,6 +65,11 @@ case "${1:-}" in
         -y 'systems: [mamba_ssm, hybridslm_compiled, hybridslm]' -p out_dir "$OUT/bench_gpu" > "$OUT/bench_gpu.log" 2>&1
     echo "bench exit $? $(date -u +%T)" >> "$OUT/bench_gpu.log"
     tar czf "$OUT/benchfinal.tgz" -C "$OUT" bench_gpu bench_gpu.log; rm -rf "$OUT/bench_gpu"; tail -n 5 "$OUT/bench_gpu.log" ;;
+  levers2)     # experiments/bench_levers.py: the training levers (liger, micro-batch, accumulation, checkpointing, fp8)
+               # and a kernel profile of the decode step, in one process on one GPU (.whlgpu carries liger-kernel)
+    mkdir -p "$OUT/levers2"
+    python3 experiments/bench_levers.py --out "$OUT/levers2" --budget-s $(( $(left) - 30 )) > "$OUT/levers2.log" 2>&1
+    echo "levers exit $?" >> "$OUT/levers2.log"; grep '^{' "$OUT/levers2.log" | cut -c1-300 ;;
   levers)      # issue 3 on 2 GPUs at once. GPU 0: the same-process table (ours eager, mamba_ssm, Llama, ours compiled),
                # with a profile of one training step each. GPU 1: the training levers, one papermill run each, and the
                # 125m shape of issue 4 through the plain single-process loop. Results as two tarballs.
@@ -126,6 +132,6 @@ case "${1:-}" in
     wait
     tarit ablate $W/ablate
     tail -n 8 "$OUT/sweep_mqar.log" "$OUT/sweep_lm.log" ;;
-  *) echo "usage: $0 train2gpu|ablate|benchgpu|benchfinal|levers|final [quant]"; exit 2 ;;
+  *) echo "usage: $0 train2gpu|ablate|benchgpu|benchfinal|levers|levers2|final [quant]"; exit 2 ;;
 esac
 echo "done in $(( $(date +%s) - START ))s"

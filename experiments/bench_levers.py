@@ -1,0 +1,159 @@
+"""Training and decode levers of issue 3, each measured in one process on one GPU after `bench_gpu.ipynb` (which holds
+the same-process peer table). One JSON line per case on stdout and in `<out>/levers.jsonl`; a case that fails or
+does not fit is recorded with its error, and the next one runs.
+
+    python experiments/bench_levers.py --out /tmp/levers [--cases compiled_mb4,liger_mb4,...] [--budget-s 540]
+
+Cases (1.3b preset, sequence 2048, bf16 autocast, fp32 master weights, fused AdamW, `compile_blocks` unless named):
+  compiled_mb4      the baseline of this script (= bench_gpu's hybridslm_compiled)
+  liger_mb4         + liger-kernel's fused linear + cross-entropy (the logits never exist)
+  compiled_mb8      micro-batch 8
+  ckpt_mb16         micro-batch 16 with every block under activation checkpointing
+  accum4_mb4        4 micro-batches per optimizer step (production runs accumulate 16): the optimizer amortised
+  fp8_mb4           torchao float8 training (dynamic tensorwise scaling) of every block Linear; a different numeric
+                    recipe from the bf16 peers, reported apart
+  decode_profile    kernel time of one compiled decode step at batch 1 (inductor step, no graph), by category
+"""
+import argparse, gc, json, sys, time
+from pathlib import Path
+import torch, torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hybridslm.config import HybridConfig
+from hybridslm.model import HybridForCausalLM, compile_blocks
+from hybridslm.fastdecode import StaticDecoder
+
+ap = argparse.ArgumentParser()
+ap.add_argument('--out', required=True)
+ap.add_argument('--cases', default='compiled_mb4,liger_mb4,compiled_mb8,accum4_mb4,ckpt_mb16,fp8_mb4,decode_profile')
+ap.add_argument('--preset', default='1.3b')
+ap.add_argument('--seq', type=int, default=2048)
+ap.add_argument('--iters', type=int, default=8)
+ap.add_argument('--budget-s', type=float, default=540)
+ap.add_argument('--model-overrides', default='{}', help='JSON HybridConfig overrides (the CPU smoke run shrinks the model)')
+args = ap.parse_args()
+DEV = 'cuda' if torch.cuda.is_available() else 'cpu'       # CPU: a smoke run of this script's plumbing only
+out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
+START, PEAK = time.time(), 989e12
+cfg = HybridConfig.from_preset(args.preset, ssm_state_dtype='bfloat16', **json.loads(args.model_overrides))
+N_ATTN = len(cfg.attn_layer_idx)
+print(torch.cuda.get_device_name() if DEV == 'cuda' else 'cpu', 'torch', torch.__version__, flush=True)
+
+
+def sync():
+    if DEV == 'cuda': torch.cuda.synchronize()
+
+
+def category(name):
+    n = name.lower()
+    if n.startswith('nvjet') or 'gemm' in n or 'gemv' in n or 'cutlass' in n or 'splitk' in n: return 'matmul'
+    if 'multi_tensor' in n: return 'optimizer'
+    if n.startswith('triton_'): return 'inductor_fused'
+    if n.startswith('_') and 'kernel' in n: return 'mamba_ssm_triton'
+    if 'liger' in n or 'cross_entropy' in n or 'element_mul' in n: return 'loss'
+    if 'sdpa' in n or 'flash' in n or 'attention' in n: return 'attention'
+    return 'other'
+
+
+def kernel_breakdown(prof_obj, steps=1):
+    cats, n = {}, 0
+    for e in prof_obj.key_averages():
+        if e.self_device_time_total <= 0 or e.key.startswith(('aten::', 'autograd::', 'Optimizer', 'cuda')): continue
+        c = category(e.key); cats[c] = cats.get(c, 0) + e.self_device_time_total / 1e3 / steps; n += e.count
+    return {k: round(v, 3) for k, v in sorted(cats.items(), key=lambda x: -x[1])}, n / steps
+
+
+def train_case(name, mb, liger=False, ckpt=False, accum=1, fp8=False):
+    torch.manual_seed(0)
+    if DEV == 'cuda': torch.cuda.reset_peak_memory_stats()
+    model = HybridForCausalLM(cfg).to(DEV)
+    if fp8:
+        from torchao.float8 import convert_to_float8_training
+        convert_to_float8_training(model.model, module_filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear)
+                                   and m.in_features % 16 == 0 and m.out_features % 16 == 0)
+    if ckpt: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
+    compile_blocks(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=DEV == 'cuda')
+    n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    ids = torch.randint(0, cfg.vocab_size, (mb, args.seq), device=DEV)
+    if liger:
+        from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+        flce = LigerFusedLinearCrossEntropyLoss()
+    def loss_of():
+        with torch.autocast(DEV, dtype=torch.bfloat16):
+            if not liger: return model(ids, labels=ids, use_cache=False).loss
+            h = model.model(ids, use_cache=False).last_hidden_state
+            return flce(model.lm_head.weight, h[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    def step():
+        for _ in range(accum):
+            loss = loss_of(); (loss / accum).backward()
+        opt.step(); opt.zero_grad(set_to_none=True)
+        return loss
+    t0 = time.perf_counter()
+    for _ in range(3): loss = step()
+    sync(); warm = time.perf_counter() - t0; t = time.perf_counter()
+    for _ in range(args.iters): loss = step()
+    sync(); dt = (time.perf_counter() - t) / args.iters
+    tok_s = accum * mb * args.seq / dt
+    from torch.profiler import profile, ProfilerActivity
+    with profile(activities=[ProfilerActivity.CUDA if DEV == "cuda" else ProfilerActivity.CPU]) as p:
+        step(); sync()
+    cats, n_kernels = kernel_breakdown(p)
+    flops_tok = 6 * n_params + 12 * N_ATTN * cfg.d_model * args.seq
+    r = dict(case=name, micro_batch=mb, accum=accum, train_tok_s=round(tok_s, 1), mfu=round(tok_s * flops_tok / PEAK, 4),
+             peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if DEV == 'cuda' else None, loss=round(loss.item(), 4),
+             warmup_s=round(warm, 1), gpu_ms_per_step=round(sum(cats.values()), 2), kernels_per_step=n_kernels,
+             gpu_ms_by_category=cats)
+    del model, opt; return r
+
+
+@torch.no_grad()
+def decode_profile(B=1, prompt=128, steps=32):
+    torch.manual_seed(0)
+    model = HybridForCausalLM(cfg).to(DEV).to(torch.bfloat16).eval()
+    r = dict(case=f'decode_profile_bs{B}')
+    for compiled in (False, True):
+        dec = StaticDecoder(model, B, prompt + 2 * steps + 8, use_graph=DEV == 'cuda', compile=compiled)
+        ids = torch.randint(0, cfg.vocab_size, (B, prompt), device=DEV)
+        dec.generate(ids, 8)                                   # capture (and compile)
+        dec.prefill(ids)
+        sync(); t = time.perf_counter()
+        for _ in range(steps): dec.graph.replay() if dec.use_graph else dec.step_fn()
+        sync(); r[f"{'compiled' if compiled else 'eager'}_graph_ms_per_token"] = round((time.perf_counter() - t) / steps * 1e3, 3)
+        from torch.profiler import profile, ProfilerActivity
+        dec.prefill(ids)
+        with profile(activities=[ProfilerActivity.CUDA if DEV == "cuda" else ProfilerActivity.CPU]) as p:      # the same step, launched without the graph
+            for _ in range(steps): dec.step_fn()
+            sync()
+        cats, n = kernel_breakdown(p, steps)
+        k = 'compiled' if compiled else 'eager'
+        r[f'{k}_kernel_ms_per_token'] = round(sum(cats.values()), 3); r[f'{k}_kernels_per_token'] = n
+        r[f'{k}_kernel_ms_by_category'] = cats
+        del dec
+    w_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    r['weight_gb'] = round(w_bytes / 1e9, 3)
+    if DEV != 'cuda': del model; return r
+    x = torch.empty(int(2e9), dtype=torch.uint8, device=DEV); y = torch.empty_like(x)
+    y.copy_(x); sync(); t = time.perf_counter()
+    for _ in range(5): y.copy_(x)
+    sync(); bw = 5 * 2 * 2e9 / (time.perf_counter() - t)        # read + write bytes per second
+    r['copy_bandwidth_tb_s'] = round(bw / 1e12, 2); r['weight_read_floor_ms'] = round(w_bytes / bw * 1e3, 3)
+    del x, y, model; return r
+
+
+CASES = {'compiled_mb4': lambda: train_case('compiled_mb4', 4), 'liger_mb4': lambda: train_case('liger_mb4', 4, liger=True),
+         'compiled_mb8': lambda: train_case('compiled_mb8', 8), 'accum4_mb4': lambda: train_case('accum4_mb4', 4, accum=4),
+         'ckpt_mb16': lambda: train_case('ckpt_mb16', 16, ckpt=True), 'fp8_mb4': lambda: train_case('fp8_mb4', 4, fp8=True),
+         'decode_profile': decode_profile}
+for name in args.cases.split(','):
+    left = args.budget_s - (time.time() - START)
+    if left < 60: r = dict(case=name, skipped=f'{left:.0f} s of the budget left')
+    else:
+        t = time.time()
+        try: r = CASES[name]()
+        except Exception as e:
+            import traceback; traceback.print_exc(); r = dict(case=name, error=f'{type(e).__name__}: {e}'[:400])
+        r['case_s'] = round(time.time() - t, 1)
+    gc.collect(); torch.cuda.empty_cache() if DEV == 'cuda' else None
+    print(json.dumps(r), flush=True)
+    with open(out / 'levers.jsonl', 'a') as f: f.write(json.dumps(r) + '\n')

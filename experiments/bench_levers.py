@@ -13,6 +13,9 @@ Cases (1.3b preset, sequence 2048, bf16 autocast, fp32 master weights, fused Ada
   fp8_mb4           torchao float8 training (dynamic tensorwise scaling) of every block Linear; a different numeric
                     recipe from the bf16 peers, reported apart
   decode_profile    kernel time of one compiled decode step at batch 1 (inductor step, no graph), by category
+  noconvfuse_mb4    compiled, but the causal conv left to F.conv1d (isolates the fused-conv lever)
+  sdpa_<backend>_mb4  compiled, attention forced to one SDPA backend (flash, efficient, cudnn)
+  decode_<w>        batch-1 tokens/s of the compiled, captured step with bf16, int8 or int4 weight-only weights
 """
 import argparse, gc, json, sys, time
 from pathlib import Path
@@ -63,7 +66,9 @@ def kernel_breakdown(prof_obj, steps=1):
     return {k: round(v, 3) for k, v in sorted(cats.items(), key=lambda x: -x[1])}, n / steps
 
 
-def train_case(name, mb, liger=False, ckpt=False, accum=1, fp8=False):
+def train_case(name, mb, liger=False, ckpt=False, accum=1, fp8=False, conv_shifts=True, sdpa=None):
+    import hybridslm.mamba2
+    hybridslm.mamba2._CONV_AS_SHIFTS = conv_shifts
     torch.manual_seed(0)
     if DEV == 'cuda': torch.cuda.reset_peak_memory_stats()
     model = HybridForCausalLM(cfg).to(DEV)
@@ -85,6 +90,11 @@ def train_case(name, mb, liger=False, ckpt=False, accum=1, fp8=False):
             h = model.model(ids, use_cache=False).last_hidden_state
             return flce(model.lm_head.weight, h[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
     def step():
+        if sdpa is not None:
+            from torch.nn.attention import sdpa_kernel, SDPBackend
+            with sdpa_kernel([getattr(SDPBackend, sdpa)]): return _step()
+        return _step()
+    def _step():
         for _ in range(accum):
             loss = loss_of(); (loss / accum).backward()
         opt.step(); opt.zero_grad(set_to_none=True)
@@ -100,6 +110,7 @@ def train_case(name, mb, liger=False, ckpt=False, accum=1, fp8=False):
         step(); sync()
     cats, n_kernels = kernel_breakdown(p)
     flops_tok = 6 * n_params + 12 * N_ATTN * cfg.d_model * args.seq
+    hybridslm.mamba2._CONV_AS_SHIFTS = True
     r = dict(case=name, micro_batch=mb, accum=accum, train_tok_s=round(tok_s, 1), mfu=round(tok_s * flops_tok / PEAK, 4),
              peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if DEV == 'cuda' else None, loss=round(loss.item(), 4),
              warmup_s=round(warm, 1), gpu_ms_per_step=round(sum(cats.values()), 2), kernels_per_step=n_kernels,
@@ -141,10 +152,34 @@ def decode_profile(B=1, prompt=128, steps=32):
     del x, y, model; return r
 
 
+@torch.no_grad()
+def decode_case(scheme, B=1, prompt=128, gen=256):
+    "Batch-1 tokens/s of the compiled, graph-captured step with bf16 weights or weight-only int8/int4 (torchao)."
+    from hybridslm.quantize import to_bf16, quantize_model, model_nbytes
+    torch.manual_seed(0)
+    model = to_bf16(HybridForCausalLM(cfg).to(DEV)).eval()
+    if scheme != 'bf16': quantize_model(model, scheme)
+    dec = StaticDecoder(model, B, prompt + gen, use_graph=DEV == 'cuda', compile=True)
+    ids = torch.randint(0, cfg.vocab_size, (B, prompt), device=DEV)
+    t = time.perf_counter(); dec.generate(ids, gen); sync(); first = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(2): dec.generate(ids, gen)
+    sync(); tok_s = 2 * B * gen / (time.perf_counter() - t)
+    r = dict(case=f'decode_{scheme}_bs{B}', tok_s=round(tok_s, 1), first_call_s=round(first, 1),
+             weight_gb=round(model_nbytes(model) / 1e9, 3))
+    del dec, model; return r
+
+
 CASES = {'compiled_mb4': lambda: train_case('compiled_mb4', 4), 'liger_mb4': lambda: train_case('liger_mb4', 4, liger=True),
          'compiled_mb8': lambda: train_case('compiled_mb8', 8), 'accum4_mb4': lambda: train_case('accum4_mb4', 4, accum=4),
          'ckpt_mb16': lambda: train_case('ckpt_mb16', 16, ckpt=True), 'fp8_mb4': lambda: train_case('fp8_mb4', 4, fp8=True),
-         'decode_profile': decode_profile}
+         'decode_profile': decode_profile,
+         'noconvfuse_mb4': lambda: train_case('noconvfuse_mb4', 4, conv_shifts=False),
+         'sdpa_flash_mb4': lambda: train_case('sdpa_flash_mb4', 4, sdpa='FLASH_ATTENTION'),
+         'sdpa_efficient_mb4': lambda: train_case('sdpa_efficient_mb4', 4, sdpa='EFFICIENT_ATTENTION'),
+         'sdpa_cudnn_mb4': lambda: train_case('sdpa_cudnn_mb4', 4, sdpa='CUDNN_ATTENTION'),
+         'decode_bf16': lambda: decode_case('bf16'), 'decode_int8': lambda: decode_case('int8'),
+         'decode_int4': lambda: decode_case('int4')}
 for name in args.cases.split(','):
     left = args.budget_s - (time.time() - START)
     if left < 60: r = dict(case=name, skipped=f'{left:.0f} s of the budget left')

@@ -68,7 +68,7 @@ case "${1:-}" in
   levers2)     # experiments/bench_levers.py: the training levers (liger, micro-batch, accumulation, checkpointing, fp8)
                # and a kernel profile of the decode step, in one process on one GPU (.whlgpu carries liger-kernel)
     mkdir -p "$OUT/levers2"
-    python3 experiments/bench_levers.py --out "$OUT/levers2" --budget-s $(( $(left) - 30 )) > "$OUT/levers2.log" 2>&1
+    python3 experiments/bench_levers.py ${LEVER_CASES:+--cases $LEVER_CASES} --out "$OUT/levers2" --budget-s $(( $(left) - 30 )) > "$OUT/levers2.log" 2>&1
     echo "levers exit $?" >> "$OUT/levers2.log"; grep '^{' "$OUT/levers2.log" | cut -c1-300 ;;
   levers)      # issue 3 on 2 GPUs at once. GPU 0: the same-process table (ours eager, mamba_ssm, Llama, ours compiled),
                # with a profile of one training step each. GPU 1: the training levers, one papermill run each, and the

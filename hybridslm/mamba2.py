@@ -89,6 +89,8 @@ def load_mamba_kernels():
         _KERNELS = ()
     return _KERNELS or None
 
+_CONV_AS_SHIFTS = True   # under torch.compile, the causal conv as shifted multiply-adds (False: F.conv1d; for measuring)
+
 @torch.compiler.disable
 def _run_kernel(fn, *args, **kwargs):
     "Call a mamba_ssm Triton kernel eagerly: inside `torch.compile` this is one clean graph break (its autotuner and launcher are Python)."
@@ -173,7 +175,7 @@ class Mamba2Mixer(nn.Module):
         hist = (cache.conv_state[..., 1:].to(xt.dtype) if cache is not None and cache.seqlen > 0
                 else xt.new_zeros(b, self.conv_dim, self.d_conv - 1))
         xfull = torch.cat([hist, xt], -1)
-        if torch.compiler.is_compiling():   # the same conv as d_conv shifted multiply-adds, which inductor fuses with the SiLU
+        if torch.compiler.is_compiling() and _CONV_AS_SHIFTS:   # the same conv as d_conv shifted multiply-adds, which inductor fuses with the SiLU
             w, L = self.conv1d.weight[:, 0].float(), xfull.shape[-1] - self.d_conv + 1
             acc = sum(xfull[..., k:k + L].float() * w[:, k:k + 1] for k in range(self.d_conv))
             if self.conv1d.bias is not None: acc = acc + self.conv1d.bias.float()[:, None]

@@ -180,6 +180,10 @@ def fit_deepspeed(model, train_data, val_data=None, args: TrainArgs | None = Non
     torch.manual_seed(args.seed)
     model.to(dev)
     if args.grad_checkpointing: model.gradient_checkpointing_enable()
+    if args.compile:
+        if zero_stage == 3: raise ValueError("compile=True is not supported with ZeRO-3 (its parameter hooks and torch.compile do not mix); use zero_stage <= 2")
+        from hybridslm.model import compile_blocks
+        compile_blocks(model)
     precision = 'bf16' if args.precision == 'bf16' or (args.precision == 'auto' and dev.type == 'cuda') else 'fp32'
     cfg = make_ds_config(args.micro_batch, args.grad_accum, world, zero_stage, precision, offload, args.grad_clip,
                          **(ds_overrides or {}))

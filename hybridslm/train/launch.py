@@ -17,7 +17,7 @@ RUN_DEFAULTS = dict(
     preset='demo', layer_pattern=None, model_overrides=None, tokenizer='hybridslm-bpe-8k', data='embedded',
     val_fraction=0.05, seq_len=None, micro_batch=None, grad_accum=None, max_steps=400, time_budget_min='auto',
     lr=None, warmup=None, min_lr_ratio=0.1, weight_decay=0.1, grad_clip=1.0, precision='auto', zero_stage=None,
-    offload=False, grad_checkpointing=False, eval_every=25, eval_batches=8, final_eval_batches=40, save_every=0,
+    offload=False, grad_checkpointing=False, compile=False, eval_every=25, eval_batches=8, final_eval_batches=40, save_every=0,
     keep_last=2, resume=None, max_bad_steps=10, log_to='tensorboard', wandb_project='hybridslm', peak_tflops=None,
     num_gpus=1, launcher='torchrun', hostfile=None, nnodes=1, node_rank=0, master_addr='127.0.0.1',
     master_port=29500, device='auto', seed=0, run_name='demo', out_dir='papermill_runs/demo',
@@ -39,6 +39,7 @@ def resolve_run(params: dict) -> dict:
     if p['zero_stage'] not in (None, 0, 1, 2, 3): raise ValueError(f"zero_stage must be None, 0, 1, 2 or 3, got {p['zero_stage']!r}")
     if p['offload'] and p['zero_stage'] in (None, 0) and p['num_gpus'] == 1:
         raise ValueError("offload=True needs DeepSpeed ZeRO >= 1: set zero_stage")
+    if not isinstance(p['compile'], bool): raise ValueError(f"compile must be True or False, got {p['compile']!r}")
     if p['launcher'] not in ('torchrun', 'deepspeed'): raise ValueError(f"launcher must be 'torchrun' or 'deepspeed', got {p['launcher']!r}")
     if p['model_overrides'] is not None and not isinstance(p['model_overrides'], dict):
         raise ValueError(f"model_overrides must be a dict of HybridConfig fields, got {p['model_overrides']!r}")
@@ -49,6 +50,8 @@ def resolve_run(params: dict) -> dict:
     if p['distributed'] and p['zero_stage'] is None:
         from hybridslm.train.deepspeed import default_zero_stage
         p['zero_stage'] = default_zero_stage(p['preset'])
+    if p['compile'] and p['zero_stage'] == 3:
+        raise ValueError("compile=True is not supported with ZeRO-3 (its parameter hooks and torch.compile do not mix); use zero_stage <= 2")
     return p
 
 # %% ../../nbs/25_train.launch.ipynb #f7665035
@@ -131,7 +134,7 @@ def train_args(p: dict, out: Path):
     from hybridslm.train.loop import TrainArgs
     return TrainArgs(max_steps=p['max_steps'], micro_batch=p['micro_batch'], grad_accum=p['grad_accum'], lr=p['lr'],
                      warmup=p['warmup'], min_lr_ratio=p['min_lr_ratio'], weight_decay=p['weight_decay'],
-                     grad_clip=p['grad_clip'], precision=p['precision'], grad_checkpointing=p['grad_checkpointing'],
+                     grad_clip=p['grad_clip'], precision=p['precision'], grad_checkpointing=p['grad_checkpointing'], compile=p['compile'],
                      eval_every=p['eval_every'], eval_batches=p['eval_batches'], save_every=p['save_every'],
                      keep_last=p['keep_last'], max_bad_steps=p['max_bad_steps'], seed=p['seed'], out_dir=str(out),
                      resume=p['resume'], time_budget_s=None if p['time_budget_min'] is None else 60 * p['time_budget_min'])

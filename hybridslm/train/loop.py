@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 from .optim import lr_at, make_optimizer
 from .checkpoint import save_checkpoint, load_checkpoint, latest_checkpoint
+from ..model import compile_blocks, uncompile_blocks
 
 # %% auto #0
 __all__ = ['TokenSequences', 'BatchSampler', 'TrainArgs', 'evaluate', 'unigram_loss', 'budget_steps', 'count_bad_step', 'fit']
@@ -56,6 +57,7 @@ class TrainArgs:
     grad_clip: float = 1.0
     precision: str = 'auto'          # 'auto' (bf16 autocast on CUDA, fp32 on CPU), 'bf16', 'fp32'
     grad_checkpointing: bool = False
+    compile: bool = False            # `compile_blocks`: each block, the final norm and the loss through torch.compile
     eval_every: int = 100
     eval_batches: int = 20
     save_every: int = 0              # 0: only at the end
@@ -136,6 +138,7 @@ def fit(model, train_data, val_data=None, args: TrainArgs | None = None, tokeniz
     opt = make_optimizer(model, lr=args.lr, weight_decay=args.weight_decay)
     sampler = BatchSampler(len(train_data), args.micro_batch, seed=args.seed)
     if args.grad_checkpointing: model.gradient_checkpointing_enable()
+    if args.compile: compile_blocks(model)
     state = {'step': 0, 'history': [], 'evals': [], 'bad_steps': 0, 'tokens': 0, 'max_steps': args.max_steps,
              'args': dataclasses.asdict(args)}
     ck_dir = Path(args.out_dir) / 'checkpoints' if args.out_dir else None
@@ -201,5 +204,6 @@ def fit(model, train_data, val_data=None, args: TrainArgs | None = None, tokeniz
     if ck_dir is not None and (not args.save_every or state['step'] % args.save_every): checkpoint()
     bar.close()
     if args.grad_checkpointing: model.gradient_checkpointing_disable()
+    if args.compile: uncompile_blocks(model)         # sampling/eval afterwards should not recompile for new shapes
     model.eval()
     return state

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU work of issues 4, 7 and 9 batched for a lent machine with no network (one call = at most 10 minutes).
-# Run from the repo root after carrying the wheel folders (.whl: experiments/gpu_wheels.sh; .whlgpu: mamba_ssm,
+# Run from the repo root after carrying the wheel folders (.whl: experiments/gpu_wheels.sh; .whlgpu: mamba_ssm, liger-kernel 0.8.5,
 # torchao, nbdev/papermill — see ../shared/GPU.md) and, for the LM ablation, .gpudata/corpus (pretraining shards).
 #
 #     bash experiments/gpu_batch.sh train2gpu [quant]   # 2 GPUs: experiments/run_2gpu.sh, then the CUDA quant bench

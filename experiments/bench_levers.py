@@ -19,7 +19,7 @@ Cases (1.3b preset, sequence 2048, bf16 autocast, fp32 master weights, fused Ada
 """
 import argparse, gc, json, sys, time
 from pathlib import Path
-import torch, torch.nn.functional as F
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hybridslm.config import HybridConfig
@@ -69,6 +69,11 @@ def kernel_breakdown(prof_obj, steps=1):
 def train_case(name, mb, liger=False, ckpt=False, accum=1, fp8=False, conv_shifts=True, sdpa=None):
     import hybridslm.mamba2
     hybridslm.mamba2._CONV_AS_SHIFTS = conv_shifts
+    try: return _train_case(name, mb, liger, ckpt, accum, fp8, sdpa)
+    finally: hybridslm.mamba2._CONV_AS_SHIFTS = True      # also after a failing case: the next one gets the default
+
+
+def _train_case(name, mb, liger, ckpt, accum, fp8, sdpa):
     torch.manual_seed(0)
     if DEV == 'cuda': torch.cuda.reset_peak_memory_stats()
     model = HybridForCausalLM(cfg).to(DEV)
@@ -110,7 +115,6 @@ def train_case(name, mb, liger=False, ckpt=False, accum=1, fp8=False, conv_shift
         step(); sync()
     cats, n_kernels = kernel_breakdown(p)
     flops_tok = 6 * n_params + 12 * N_ATTN * cfg.d_model * args.seq
-    hybridslm.mamba2._CONV_AS_SHIFTS = True
     r = dict(case=name, micro_batch=mb, accum=accum, train_tok_s=round(tok_s, 1), mfu=round(tok_s * flops_tok / PEAK, 4),
              peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if DEV == 'cuda' else None, loss=round(loss.item(), 4),
              warmup_s=round(warm, 1), gpu_ms_per_step=round(sum(cats.values()), 2), kernels_per_step=n_kernels,

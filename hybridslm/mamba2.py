@@ -228,7 +228,9 @@ class Mamba2Mixer(nn.Module):
             st = cache.ssm_state.float()                                         # fp32 arithmetic, stored as allocated
             st = st * torch.exp(dtp * A)[..., None, None] + (dtp[..., None] * x.float())[..., None] * Bh[:, :, None]
             cache.ssm_state.copy_(st)
-            y = torch.einsum('bhpn,bhn->bhp', st, Ch) + self.D.float()[:, None] * x.float()
+            # an explicit product-and-sum rather than einsum (a bmm): inductor fuses it with the state update above
+            # into one pass over the state (batch 32 on an H100: 82 + 35 µs per layer in two kernels before)
+            y = (st * Ch[:, :, None, :]).sum(-1) + self.D.float()[:, None] * x.float()
         if advance: cache.seqlen += 1
         y = self.norm(y.reshape(b, 1, self.d_inner).to(u.dtype), z[:, None])
         return self.out_proj(y)

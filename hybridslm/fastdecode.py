@@ -10,17 +10,24 @@ from .layers import apply_rope
 from .model import HybridCache
 
 # %% auto #0
-__all__ = ['StaticDecoder', 'cpu_decode_model']
+__all__ = ['CUDA_DECODE_OPTIONS', 'StaticDecoder', 'cpu_decode_model']
 
 # %% ../nbs/07_fastdecode.ipynb #67f81f5b
+CUDA_DECODE_OPTIONS = {'coordinate_descent_tuning': True}   # inductor options of a compiled CUDA step (see above)
+
+# %% ../nbs/07_fastdecode.ipynb #28b49540
 class StaticDecoder:
     "Greedy decoding with a static hybrid cache; `use_graph=True` captures one step as a CUDA graph."
-    def __init__(self, model, batch: int, max_len: int, use_graph: bool | None = None, compile: bool = False):
+    def __init__(self, model, batch: int, max_len: int, use_graph: bool | None = None, compile: bool = False,
+                 compile_options: dict | None = None):
         self.model, self.B, self.max_len = model, batch, max_len
         self.compiled = compile
-        self.step_fn = torch.compile(self._step) if compile else self._step   # fuse the small elementwise kernels
+        if compile_options and not compile: raise ValueError('compile_options needs compile=True')
         p = next(model.parameters())
         self.device, self.dtype = p.device, model.model.embed_tokens.weight.dtype
+        if compile_options is None and self.device.type == 'cuda': compile_options = CUDA_DECODE_OPTIONS
+        # compile: inductor fuses the small elementwise kernels; compile_options are inductor's config ({}: its defaults)
+        self.step_fn = torch.compile(self._step, options=compile_options or None) if compile else self._step
         self.use_graph = (self.device.type == 'cuda') if use_graph is None else use_graph
         dd = dict(dtype=self.dtype, device=self.device)
         self.cache = HybridCache([b.mixer.allocate_cache(batch, max_len, static=True, **dd) if b.kind == 'A'

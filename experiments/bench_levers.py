@@ -16,6 +16,16 @@ Cases (1.3b preset, sequence 2048, bf16 autocast, fp32 master weights, fused Ada
   noconvfuse_mb4    compiled, but the causal conv left to F.conv1d (isolates the fused-conv lever)
   sdpa_<backend>_mb4  compiled, attention forced to one SDPA backend (flash, efficient, cudnn)
   decode_<w>        batch-1 tokens/s of the compiled, captured step with bf16, int8 or int4 weight-only weights
+  decode_cdt_bs1    the same (bf16) with inductor's coordinate_descent_tuning: batch-1 matmuls decomposed into
+                    reductions that fuse with their neighbours, block sizes tuned; checked against the plain step
+  decode_cdt_int8_bs1  int8 weight-only with the same option
+  decode_profile_cdt  kernel profile of the compiled step without and with that option (batch 1)
+  decode_profile_bs32 kernel profile of the eager and compiled steps at batch 32
+  decode_cdt_allbf16_bs{1,32}  as decode_cdt_bs{1,32}, but A_log, D and dt_bias cast to bf16 too (bench_gpu's cast)
+  decode_profile_bs32_cdt  kernel profile at batch 32 of the compiled step without and with coordinate-descent tuning
+  decode_bf16_bs32 / decode_cdt_bs32 / decode_maxautotune_bs32  batch-32 tokens/s, compiled with inductor's defaults,
+                    with coordinate-descent tuning, and with max_autotune GEMM templates as well
+  ("compiled" means inductor's defaults here; StaticDecoder's own CUDA default is coordinate-descent tuning)
 """
 import argparse, gc, json, sys, time
 from pathlib import Path
@@ -123,27 +133,29 @@ def _train_case(name, mb, liger, ckpt, accum, fp8, sdpa):
 
 
 @torch.no_grad()
-def decode_profile(B=1, prompt=128, steps=32):
+def decode_profile(B=1, prompt=128, steps=32, variants=('eager', 'compiled')):
+    "Kernel time per token of the decode step by category, for each variant: eager, compiled, cdt (compiled with inductor's coordinate-descent tuning)."
     torch.manual_seed(0)
     model = HybridForCausalLM(cfg).to(DEV).to(torch.bfloat16).eval()
-    r = dict(case=f'decode_profile_bs{B}')
-    for compiled in (False, True):
-        dec = StaticDecoder(model, B, prompt + 2 * steps + 8, use_graph=DEV == 'cuda', compile=compiled)
+    r = dict(case=f"decode_profile_bs{B}" + ('' if tuple(variants) == ('eager', 'compiled') else '_' + '_'.join(variants)))
+    for k in variants:
+        dec = StaticDecoder(model, B, prompt + 2 * steps + 8, use_graph=DEV == 'cuda', compile=k != 'eager',
+                            compile_options=CDT if k == 'cdt' else {})
         ids = torch.randint(0, cfg.vocab_size, (B, prompt), device=DEV)
         dec.generate(ids, 8)                                   # capture (and compile)
         dec.prefill(ids)
         sync(); t = time.perf_counter()
         for _ in range(steps): dec.graph.replay() if dec.use_graph else dec.step_fn()
-        sync(); r[f"{'compiled' if compiled else 'eager'}_graph_ms_per_token"] = round((time.perf_counter() - t) / steps * 1e3, 3)
+        sync(); r[f"{k}_graph_ms_per_token"] = round((time.perf_counter() - t) / steps * 1e3, 3)
         from torch.profiler import profile, ProfilerActivity
         dec.prefill(ids)
         with profile(activities=[ProfilerActivity.CUDA if DEV == "cuda" else ProfilerActivity.CPU]) as p:      # the same step, launched without the graph
             for _ in range(steps): dec.step_fn()
             sync()
         cats, n = kernel_breakdown(p, steps)
-        k = 'compiled' if compiled else 'eager'
         r[f'{k}_kernel_ms_per_token'] = round(sum(cats.values()), 3); r[f'{k}_kernels_per_token'] = n
         r[f'{k}_kernel_ms_by_category'] = cats
+        r[f'{k}_top_kernels'] = top_kernels(p, steps)
         del dec
     w_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     r['weight_gb'] = round(w_bytes / 1e9, 3)
@@ -156,24 +168,40 @@ def decode_profile(B=1, prompt=128, steps=32):
     del x, y, model; return r
 
 
+def top_kernels(prof_obj, steps=1, top=12):
+    ev = [e for e in prof_obj.key_averages() if e.self_device_time_total > 0 and not e.key.startswith(('aten::', 'autograd::', 'cuda'))]
+    ev.sort(key=lambda e: -e.self_device_time_total)
+    return [(e.key[:70], round(e.self_device_time_total / 1e3 / steps, 4), e.count // steps) for e in ev[:top]]
+
+
 @torch.no_grad()
-def decode_case(scheme, B=1, prompt=128, gen=256):
-    "Batch-1 tokens/s of the compiled, graph-captured step with bf16 weights or weight-only int8/int4 (torchao)."
+def decode_case(scheme, B=1, prompt=128, gen=256, options={}, tag='', all_bf16=False):
+    "Tokens/s of the compiled, graph-captured step with bf16 weights or weight-only int8/int4 (torchao); `options`: inductor's."
     from hybridslm.quantize import to_bf16, quantize_model, model_nbytes
     torch.manual_seed(0)
-    model = to_bf16(HybridForCausalLM(cfg).to(DEV)).eval()
+    model = HybridForCausalLM(cfg).to(DEV)
+    model = (model.to(torch.bfloat16) if all_bf16 else to_bf16(model)).eval()   # all_bf16: A_log, D, dt_bias too (as bench_gpu)
     if scheme != 'bf16': quantize_model(model, scheme)
-    dec = StaticDecoder(model, B, prompt + gen, use_graph=DEV == 'cuda', compile=True)
+    dec = StaticDecoder(model, B, prompt + gen, use_graph=DEV == 'cuda', compile=True, compile_options=options)
     ids = torch.randint(0, cfg.vocab_size, (B, prompt), device=DEV)
-    t = time.perf_counter(); dec.generate(ids, gen); sync(); first = time.perf_counter() - t
+    t = time.perf_counter(); first = dec.generate(ids, gen); sync(); first_s = time.perf_counter() - t
     t = time.perf_counter()
     for _ in range(2): dec.generate(ids, gen)
     sync(); tok_s = 2 * B * gen / (time.perf_counter() - t)
-    r = dict(case=f'decode_{scheme}_bs{B}', tok_s=round(tok_s, 1), first_call_s=round(first, 1),
+    r = dict(case=f'decode_{scheme}{tag}_bs{B}', tok_s=round(tok_s, 1), first_call_s=round(first_s, 1),
              weight_gb=round(model_nbytes(model) / 1e9, 3))
+    if options:          # the tuned step must compute what the plain compiled one does: teacher-forced on its greedy text
+        ref_dec = StaticDecoder(model, B, prompt + gen, use_graph=DEV == 'cuda', compile=True, compile_options={})
+        ref = ref_dec.generate(ids, gen)
+        lr, lc = ref_dec.score(ids, ref), dec.score(ids, ref)
+        r.update(greedy_agreement=round((ref == first).float().mean().item(), 4),
+                 teacher_forced_top1_agreement=round((lr.argmax(-1) == lc.argmax(-1)).float().mean().item(), 4),
+                 teacher_forced_max_abs_logit_diff=round((lr - lc).abs().max().item(), 4), logit_abs_max=round(lr.abs().max().item(), 3))
+        del ref_dec
     del dec, model; return r
 
 
+CDT = {'coordinate_descent_tuning': True}   # inductor: batch-1 matmuls become fusable reductions, block sizes tuned
 CASES = {'compiled_mb4': lambda: train_case('compiled_mb4', 4), 'liger_mb4': lambda: train_case('liger_mb4', 4, liger=True),
          'compiled_mb8': lambda: train_case('compiled_mb8', 8), 'accum4_mb4': lambda: train_case('accum4_mb4', 4, accum=4),
          'ckpt_mb16': lambda: train_case('ckpt_mb16', 16, ckpt=True), 'fp8_mb4': lambda: train_case('fp8_mb4', 4, fp8=True),
@@ -183,7 +211,17 @@ CASES = {'compiled_mb4': lambda: train_case('compiled_mb4', 4), 'liger_mb4': lam
          'sdpa_efficient_mb4': lambda: train_case('sdpa_efficient_mb4', 4, sdpa='EFFICIENT_ATTENTION'),
          'sdpa_cudnn_mb4': lambda: train_case('sdpa_cudnn_mb4', 4, sdpa='CUDNN_ATTENTION'),
          'decode_bf16': lambda: decode_case('bf16'), 'decode_int8': lambda: decode_case('int8'),
-         'decode_int4': lambda: decode_case('int4')}
+         'decode_int4': lambda: decode_case('int4'),
+         'decode_cdt_bs1': lambda: decode_case('bf16', options=CDT, tag='_cdt'),
+         'decode_cdt_int8_bs1': lambda: decode_case('int8', options=CDT, tag='_cdt'),
+         'decode_profile_cdt': lambda: decode_profile(1, variants=('compiled', 'cdt')),
+         'decode_profile_bs32': lambda: decode_profile(32),
+         'decode_bf16_bs32': lambda: decode_case('bf16', B=32),
+         'decode_cdt_bs32': lambda: decode_case('bf16', B=32, options=CDT, tag='_cdt'),
+         'decode_cdt_allbf16_bs32': lambda: decode_case('bf16', B=32, options=CDT, tag='_cdt_allbf16', all_bf16=True),
+         'decode_cdt_allbf16_bs1': lambda: decode_case('bf16', B=1, options=CDT, tag='_cdt_allbf16', all_bf16=True),
+         'decode_profile_bs32_cdt': lambda: decode_profile(32, variants=('compiled', 'cdt')),
+         'decode_maxautotune_bs32': lambda: decode_case('bf16', B=32, options={'max_autotune': True, **CDT}, tag='_maxautotune')}
 for name in args.cases.split(','):
     left = args.budget_s - (time.time() - START)
     if left < 60: r = dict(case=name, skipped=f'{left:.0f} s of the budget left')

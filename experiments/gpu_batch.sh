@@ -7,6 +7,8 @@
 #     bash experiments/gpu_batch.sh ablate [quant]      # GPU 0: MQAR sweep (+ quant after it); GPU 1: LM sweep
 #     bash experiments/gpu_batch.sh benchgpu            # 1 GPU: the final bench_gpu table (+ compiled at micro-batch 8)
 #     bash experiments/gpu_batch.sh benchfinal          # 1 GPU: mamba_ssm, ours compiled, ours eager (fits one call)
+#     bash experiments/gpu_batch.sh benchall            # 1 GPU: ours compiled, mamba_ssm, HF Llama (compiled decode)
+#     bash experiments/gpu_batch.sh mb8                 # 1 GPU: ours compiled and mamba_ssm trained at micro-batch 4 and 8
 #     bash experiments/gpu_batch.sh levers2             # 1 GPU: experiments/bench_levers.py (issue 3's training levers)
 #     bash experiments/gpu_batch.sh levers              # 2 GPUs: the bench with the compiled variant + training levers
 #     bash experiments/gpu_batch.sh final               # what the first pass of 2026-11-25 lost (see its comment)
@@ -65,6 +67,21 @@ case "${1:-}" in
         -y 'systems: [mamba_ssm, hybridslm_compiled, hybridslm]' -p out_dir "$OUT/bench_gpu" > "$OUT/bench_gpu.log" 2>&1
     echo "bench exit $? $(date -u +%T)" >> "$OUT/bench_gpu.log"
     tar czf "$OUT/benchfinal.tgz" -C "$OUT" bench_gpu bench_gpu.log; rm -rf "$OUT/bench_gpu"; tail -n 5 "$OUT/bench_gpu.log" ;;
+  benchall)    # the final same-process table with all peers (1 GPU): ours compiled first (its numbers matter most), then
+               # mamba_ssm and HF Llama (HF's compiled static-cache decode); bf16 SSM state; one profiled step each
+    mkdir -p "$OUT/bench_gpu"
+    timeout $(( $(left) - 15 )) python3 -m papermill experiments/bench_gpu.ipynb "$OUT/bench_gpu/bench_gpu.ipynb" -k python3 \
+        --no-progress-bar -p ssm_state_dtype bfloat16 -p system_timeout_s 280 -p profile True \
+        -y 'systems: [hybridslm_compiled, mamba_ssm, hf_llama]' -p out_dir "$OUT/bench_gpu" > "$OUT/bench_gpu.log" 2>&1
+    echo "bench exit $? $(date -u +%T)" >> "$OUT/bench_gpu.log"
+    tar czf "$OUT/benchall.tgz" -C "$OUT" bench_gpu bench_gpu.log; rm -rf "$OUT/bench_gpu"; tail -n 5 "$OUT/bench_gpu.log" ;;
+  mb8)         # the micro-batch lever offered to mamba_ssm too: ours compiled and mamba_ssm trained at 4 and 8, one process
+    mkdir -p "$OUT/bench_mb8"
+    timeout $(( $(left) - 15 )) python3 -m papermill experiments/bench_gpu.ipynb "$OUT/bench_mb8/bench_gpu.ipynb" -k python3 \
+        --no-progress-bar -y 'prefill_lens: []' -y 'decode_batches: []' -p extra_micro_batch 8 -p system_timeout_s 250 \
+        -y 'systems: [mamba_ssm, hybridslm_compiled]' -p out_dir "$OUT/bench_mb8" > "$OUT/bench_mb8.log" 2>&1
+    echo "bench exit $? $(date -u +%T)" >> "$OUT/bench_mb8.log"
+    tar czf "$OUT/mb8.tgz" -C "$OUT" bench_mb8 bench_mb8.log; rm -rf "$OUT/bench_mb8"; tail -n 5 "$OUT/bench_mb8.log" ;;
   levers2)     # experiments/bench_levers.py: the training levers (liger, micro-batch, accumulation, checkpointing, fp8)
                # and a kernel profile of the decode step, in one process on one GPU (.whlgpu carries liger-kernel)
     mkdir -p "$OUT/levers2"
@@ -132,6 +149,6 @@ case "${1:-}" in
     wait
     tarit ablate $W/ablate
     tail -n 8 "$OUT/sweep_mqar.log" "$OUT/sweep_lm.log" ;;
-  *) echo "usage: $0 train2gpu|ablate|benchgpu|benchfinal|levers|levers2|final [quant]"; exit 2 ;;
+  *) echo "usage: $0 train2gpu|ablate|benchgpu|benchfinal|benchall|mb8|levers|levers2|final [quant]"; exit 2 ;;
 esac
 echo "done in $(( $(date +%s) - START ))s"

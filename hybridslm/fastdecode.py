@@ -4,13 +4,14 @@
 
 # %% ../nbs/07_fastdecode.ipynb #f715522a
 from __future__ import annotations
+import types
 import torch, torch.nn.functional as F
 from .attention import KVCache, sdpa_gqa
 from .layers import apply_rope
 from .model import HybridCache
 
 # %% auto #0
-__all__ = ['CUDA_DECODE_OPTIONS', 'StaticDecoder', 'cpu_decode_model']
+__all__ = ['CUDA_DECODE_OPTIONS', 'CPU_DECODE_WEIGHTS', 'StaticDecoder', 'Int8WeightOnlyLinear', 'cpu_decode_model']
 
 # %% ../nbs/07_fastdecode.ipynb #67f81f5b
 CUDA_DECODE_OPTIONS = {'coordinate_descent_tuning': True}   # inductor options of a compiled CUDA step (see above)
@@ -26,8 +27,15 @@ class StaticDecoder:
         p = next(model.parameters())
         self.device, self.dtype = p.device, model.model.embed_tokens.weight.dtype
         if compile_options is None and self.device.type == 'cuda': compile_options = CUDA_DECODE_OPTIONS
-        # compile: inductor fuses the small elementwise kernels; compile_options are inductor's config ({}: its defaults)
-        self.step_fn = torch.compile(self._step, options=compile_options or None) if compile else self._step
+        # compile: inductor fuses the small elementwise kernels; compile_options are inductor's config ({}: its defaults).
+        # Each decoder compiles its own copy of `_step`'s code: dynamo keeps its compiled entries on the code object, so
+        # with a shared one every call of every decoder would first try the guards of the others' entries (measured on
+        # the 2-core CPU: one bf16 decoder fell from 98 to 73 tok/s once three more compiled decoders existed)
+        if compile:
+            code = type(self)._step.__code__.replace()                 # an equal but distinct code object
+            step = types.MethodType(types.FunctionType(code, type(self)._step.__globals__, '_step'), self)
+            self.step_fn = torch.compile(step, options=compile_options or None)
+        else: self.step_fn = self._step
         self.use_graph = (self.device.type == 'cuda') if use_graph is None else use_graph
         dd = dict(dtype=self.dtype, device=self.device)
         self.cache = HybridCache([b.mixer.allocate_cache(batch, max_len, static=True, **dd) if b.kind == 'A'
@@ -127,15 +135,38 @@ class StaticDecoder:
         return out
 
 # %% ../nbs/07_fastdecode.ipynb #1cd6c3d1
+class Int8WeightOnlyLinear(torch.nn.Module):
+    "A bias-free `nn.Linear` for CPU decoding: int8 weights with a per-row scale, activations kept in `scale.dtype`."
+    def __init__(self, linear: torch.nn.Linear, dtype=torch.bfloat16):
+        super().__init__()
+        if linear.bias is not None: raise ValueError('Int8WeightOnlyLinear: bias is not supported')
+        w = linear.weight.detach().float()
+        scale = (w.abs().amax(1) / 127).clamp_min(1e-12)           # symmetric, per output row
+        self.register_buffer('weight', torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous())
+        self.register_buffer('scale', scale.to(dtype))
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+    def forward(self, x):
+        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features).to(self.scale.dtype).contiguous(),
+                                               self.weight, self.scale)
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+# %% ../nbs/07_fastdecode.ipynb #75626347
+CPU_DECODE_WEIGHTS = ('bf16', 'int8', 'int8wo', 'fp32')
+
 def cpu_decode_model(model, weights: str = 'bf16'):
-    "A copy of `model` for CPU decoding with fewer weight bytes: 'bf16' (SSM params stay fp32), 'int8' (dynamic per-channel int8 Linears) or 'fp32'."
+    "A copy of `model` for CPU decoding with fewer weight bytes: 'bf16' (SSM params stay fp32), 'int8' (dynamic per-channel int8 Linears), 'int8wo' (bf16 + weight-only int8 Linears) or 'fp32'."
     import copy
-    if weights not in ('bf16', 'int8', 'fp32'): raise ValueError(f"weights must be 'bf16', 'int8' or 'fp32', got {weights!r}")
+    if weights not in CPU_DECODE_WEIGHTS: raise ValueError(f"weights must be one of {CPU_DECODE_WEIGHTS}, got {weights!r}")
     if next(model.parameters()).device.type != 'cpu': raise ValueError('cpu_decode_model: the model must be on the CPU')
     m = copy.deepcopy(model).eval()
-    if weights == 'bf16':
+    if weights in ('bf16', 'int8wo'):
         from hybridslm.train.optim import cast_keep_ssm_fp32
         cast_keep_ssm_fp32(m, torch.bfloat16)
+    if weights == 'int8wo':
+        lin = [(n, mod) for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear)]
+        for name, mod in lin:                            # the tied LM head gets its own int8 copy; the embedding stays bf16
+            parent, _, attr = name.rpartition('.')
+            setattr(m.get_submodule(parent) if parent else m, attr, Int8WeightOnlyLinear(mod))
     elif weights == 'int8':
         import warnings
         from torch.ao.quantization import quantize_dynamic, per_channel_dynamic_qconfig

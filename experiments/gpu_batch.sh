@@ -39,6 +39,15 @@ quant() {   # the CUDA quantization bench on the 125m checkpoint trained by the 
   echo "=== quant exit ${PIPESTATUS[0]} $(date -u +%T)"
 }
 
+bench_table() {   # bench_table TARBALL DIR MARGIN_S ARGS...: one bench_gpu.ipynb run into $OUT/DIR, returned as TARBALL.tgz
+  local tarball=$1 dir=$2 margin=$3; shift 3
+  mkdir -p "$OUT/$dir"
+  timeout $(( $(left) - margin )) python3 -m papermill experiments/bench_gpu.ipynb "$OUT/$dir/bench_gpu.ipynb" -k python3 \
+      --no-progress-bar -p out_dir "$OUT/$dir" "$@" > "$OUT/$dir.log" 2>&1
+  echo "bench exit $? $(date -u +%T)" >> "$OUT/$dir.log"
+  tar czf "$OUT/$tarball.tgz" -C "$OUT" "$dir" "$dir.log"; rm -rf "$OUT/$dir"; tail -n 5 "$OUT/$dir.log"
+}
+
 case "${1:-}" in
   train2gpu)   # the tool returns at most 8 files: everything goes back as one tarball (plus the log)
     OUT= RUN2GPU_BUDGET_S=$(( $(left) - 40 )) bash experiments/run_2gpu.sh > "$OUT/run_2gpu.log" 2>&1; tail -n 30 "$OUT/run_2gpu.log"
@@ -61,27 +70,15 @@ case "${1:-}" in
     tar czf "$OUT/benchgpu.tgz" -C "$OUT" bench_gpu compiled_mb8 bench_gpu.log $(cd "$OUT" && ls compiled_mb8.log 2>/dev/null)
     rm -rf "$OUT/bench_gpu" "$OUT/compiled_mb8"; tail -n 5 "$OUT/bench_gpu.log" ;;
   benchfinal)  # the same-process table that fits one call on a cold machine: mamba_ssm, ours compiled, ours eager
-    mkdir -p "$OUT/bench_gpu"
-    timeout $(( $(left) - 20 )) python3 -m papermill experiments/bench_gpu.ipynb "$OUT/bench_gpu/bench_gpu.ipynb" -k python3 \
-        --no-progress-bar -p ssm_state_dtype bfloat16 -p system_timeout_s 240 -p profile True \
-        -y 'systems: [mamba_ssm, hybridslm_compiled, hybridslm]' -p out_dir "$OUT/bench_gpu" > "$OUT/bench_gpu.log" 2>&1
-    echo "bench exit $? $(date -u +%T)" >> "$OUT/bench_gpu.log"
-    tar czf "$OUT/benchfinal.tgz" -C "$OUT" bench_gpu bench_gpu.log; rm -rf "$OUT/bench_gpu"; tail -n 5 "$OUT/bench_gpu.log" ;;
+    bench_table benchfinal bench_gpu 20 -p ssm_state_dtype bfloat16 -p system_timeout_s 240 -p profile True \
+        -y 'systems: [mamba_ssm, hybridslm_compiled, hybridslm]' ;;
   benchall)    # the final same-process table with all peers (1 GPU): ours compiled first (its numbers matter most), then
                # mamba_ssm and HF Llama (HF's compiled static-cache decode); bf16 SSM state; one profiled step each
-    mkdir -p "$OUT/bench_gpu"
-    timeout $(( $(left) - 15 )) python3 -m papermill experiments/bench_gpu.ipynb "$OUT/bench_gpu/bench_gpu.ipynb" -k python3 \
-        --no-progress-bar -p ssm_state_dtype bfloat16 -p system_timeout_s 280 -p profile True \
-        -y 'systems: [hybridslm_compiled, mamba_ssm, hf_llama]' -p out_dir "$OUT/bench_gpu" > "$OUT/bench_gpu.log" 2>&1
-    echo "bench exit $? $(date -u +%T)" >> "$OUT/bench_gpu.log"
-    tar czf "$OUT/benchall.tgz" -C "$OUT" bench_gpu bench_gpu.log; rm -rf "$OUT/bench_gpu"; tail -n 5 "$OUT/bench_gpu.log" ;;
+    bench_table benchall bench_gpu 15 -p ssm_state_dtype bfloat16 -p system_timeout_s 280 -p profile True \
+        -y 'systems: [hybridslm_compiled, mamba_ssm, hf_llama]' ;;
   mb8)         # the micro-batch lever offered to mamba_ssm too: ours compiled and mamba_ssm trained at 4 and 8, one process
-    mkdir -p "$OUT/bench_mb8"
-    timeout $(( $(left) - 15 )) python3 -m papermill experiments/bench_gpu.ipynb "$OUT/bench_mb8/bench_gpu.ipynb" -k python3 \
-        --no-progress-bar -y 'prefill_lens: []' -y 'decode_batches: []' -p extra_micro_batch 8 -p system_timeout_s 250 \
-        -y 'systems: [mamba_ssm, hybridslm_compiled]' -p out_dir "$OUT/bench_mb8" > "$OUT/bench_mb8.log" 2>&1
-    echo "bench exit $? $(date -u +%T)" >> "$OUT/bench_mb8.log"
-    tar czf "$OUT/mb8.tgz" -C "$OUT" bench_mb8 bench_mb8.log; rm -rf "$OUT/bench_mb8"; tail -n 5 "$OUT/bench_mb8.log" ;;
+    bench_table mb8 bench_mb8 15 -y 'prefill_lens: []' -y 'decode_batches: []' -p extra_micro_batch 8 \
+        -p system_timeout_s 250 -y 'systems: [mamba_ssm, hybridslm_compiled]' ;;
   levers2)     # experiments/bench_levers.py: the training levers (liger, micro-batch, accumulation, checkpointing, fp8)
                # and a kernel profile of the decode step, in one process on one GPU (.whlgpu carries liger-kernel)
     mkdir -p "$OUT/levers2"

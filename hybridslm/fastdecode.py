@@ -165,8 +165,7 @@ def cpu_decode_model(model, weights: str = 'bf16'):
     if weights == 'int8wo':
         lin = [(n, mod) for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear)]
         for name, mod in lin:                            # the tied LM head gets its own int8 copy; the embedding stays bf16
-            parent, _, attr = name.rpartition('.')
-            setattr(m.get_submodule(parent) if parent else m, attr, Int8WeightOnlyLinear(mod))
+            m.set_submodule(name, Int8WeightOnlyLinear(mod))
     elif weights == 'int8':
         import warnings
         from torch.ao.quantization import quantize_dynamic, per_channel_dynamic_qconfig

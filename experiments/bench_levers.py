@@ -1,4 +1,4 @@
-"""Training and decode levers of issue 3, each measured in one process on one GPU after `bench_gpu.ipynb` (which holds
+"""GPU training and decode levers, each measured in one process on one GPU after `bench_gpu.ipynb` (which holds
 the same-process peer table). One JSON line per case on stdout and in `<out>/levers.jsonl`; a case that fails or
 does not fit is recorded with its error, and the next one runs.
 

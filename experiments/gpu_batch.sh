@@ -1,25 +1,27 @@
 #!/usr/bin/env bash
-# GPU work of issues 4, 7 and 9 batched for a lent machine with no network (one call = at most 10 minutes).
-# Run from the repo root after carrying the wheel folders (.whl: experiments/gpu_wheels.sh; .whlgpu: mamba_ssm, liger-kernel 0.8.5,
-# torchao, nbdev/papermill — see ../shared/GPU.md) and, for the LM ablation, .gpudata/corpus (pretraining shards).
+# The GPU benchmarks, scaling runs and ablation sweeps, batched for a GPU host without network access.
+# Run from the repo root of a checkout copied to that host together with the wheel folders built beforehand on a machine
+# with PyPI (.whl/: experiments/gpu_wheels.sh; .whlgpu/: mamba_ssm, liger-kernel 0.8.5, torchao, nbdev/papermill for the
+# GPU image's Python) and, for the LM ablation, .gpudata/corpus (pretraining shards).
 #
 #     bash experiments/gpu_batch.sh train2gpu [quant]   # 2 GPUs: experiments/run_2gpu.sh, then the CUDA quant bench
 #     bash experiments/gpu_batch.sh ablate [quant]      # GPU 0: MQAR sweep (+ quant after it); GPU 1: LM sweep
 #     bash experiments/gpu_batch.sh benchgpu            # 1 GPU: the final bench_gpu table (+ compiled at micro-batch 8)
-#     bash experiments/gpu_batch.sh benchfinal          # 1 GPU: mamba_ssm, ours compiled, ours eager (fits one call)
+#     bash experiments/gpu_batch.sh benchfinal          # 1 GPU: mamba_ssm, ours compiled, ours eager (fits 575 s)
 #     bash experiments/gpu_batch.sh benchall            # 1 GPU: ours compiled, mamba_ssm, HF Llama (compiled decode)
 #     bash experiments/gpu_batch.sh mb8                 # 1 GPU: ours compiled and mamba_ssm trained at micro-batch 4 and 8
-#     bash experiments/gpu_batch.sh levers2             # 1 GPU: experiments/bench_levers.py (issue 3's training levers)
+#     bash experiments/gpu_batch.sh levers2             # 1 GPU: experiments/bench_levers.py (the training levers)
 #     bash experiments/gpu_batch.sh levers              # 2 GPUs: the bench with the compiled variant + training levers
 #     bash experiments/gpu_batch.sh final               # what the first pass of 2026-11-25 lost (see its comment)
 #
-# Everything is written under $OUT (or /tmp/gpu_out) as it finishes, so a run cut off by the call limit still
-# returns what completed. Each step gets a deadline so the call's wall limit is never the thing that stops it.
+# Everything is written under $OUT (or /tmp/gpu_out) as it finishes, so a batch stopped early still leaves what
+# completed. BUDGET_S (default 575) is the wall-clock budget of the whole batch: each step gets a deadline inside it, so
+# a step is stopped by its own timeout and the batch still packs and reports what finished.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
-START=$(date +%s); LIMIT=${LIMIT:-575}
-left() { echo $(( LIMIT - ($(date +%s) - START) )); }
+START=$(date +%s); BUDGET_S=${BUDGET_S:-575}
+left() { echo $(( BUDGET_S - ($(date +%s) - START) )); }
 
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whlgpu/*.whl 2>&1 | tail -2
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl 2>&1 | tail -2
@@ -49,12 +51,12 @@ bench_table() {   # bench_table TARBALL DIR MARGIN_S ARGS...: one bench_gpu.ipyn
 }
 
 case "${1:-}" in
-  train2gpu)   # the tool returns at most 8 files: everything goes back as one tarball (plus the log)
+  train2gpu)   # everything is packed as one tarball (plus the log), the results to copy back
     OUT= RUN2GPU_BUDGET_S=$(( $(left) - 40 )) bash experiments/run_2gpu.sh > "$OUT/run_2gpu.log" 2>&1; tail -n 30 "$OUT/run_2gpu.log"
     [ "${2:-}" = quant ] && quant 0
     tar czf "$OUT/train2gpu.tgz" --exclude='*.safetensors' --exclude='*.pt' --exclude='checkpoints' --exclude='tb' \
         papermill_runs/train_2gpu papermill_runs/bench_quant 2>/dev/null ;;
-  benchgpu)    # issue 3's final same-process table (1 GPU): ours eager, mamba_ssm, Llama, ours compiled; bf16 SSM state;
+  benchgpu)    # the final same-process table (1 GPU): ours eager, mamba_ssm, Llama, ours compiled; bf16 SSM state;
                # one profiled training step each; then, if time is left, ours compiled at micro-batch 8. One tarball.
     mkdir -p "$OUT/bench_gpu" "$OUT/compiled_mb8"
     timeout $(( $(left) - 150 )) python3 -m papermill experiments/bench_gpu.ipynb "$OUT/bench_gpu/bench_gpu.ipynb" -k python3 \
@@ -69,7 +71,7 @@ case "${1:-}" in
     fi
     tar czf "$OUT/benchgpu.tgz" -C "$OUT" bench_gpu compiled_mb8 bench_gpu.log $(cd "$OUT" && ls compiled_mb8.log 2>/dev/null)
     rm -rf "$OUT/bench_gpu" "$OUT/compiled_mb8"; tail -n 5 "$OUT/bench_gpu.log" ;;
-  benchfinal)  # the same-process table that fits one call on a cold machine: mamba_ssm, ours compiled, ours eager
+  benchfinal)  # the same-process table that fits a 575 s budget on a cold machine: mamba_ssm, ours compiled, ours eager
     bench_table benchfinal bench_gpu 20 -p ssm_state_dtype bfloat16 -p system_timeout_s 240 -p profile True \
         -y 'systems: [mamba_ssm, hybridslm_compiled, hybridslm]' ;;
   benchall)    # the final same-process table with all peers (1 GPU): ours compiled first (its numbers matter most), then
@@ -84,9 +86,9 @@ case "${1:-}" in
     mkdir -p "$OUT/levers2"
     python3 experiments/bench_levers.py ${LEVER_CASES:+--cases $LEVER_CASES} --out "$OUT/levers2" --budget-s $(( $(left) - 30 )) > "$OUT/levers2.log" 2>&1
     echo "levers exit $?" >> "$OUT/levers2.log"; grep '^{' "$OUT/levers2.log" | cut -c1-300 ;;
-  levers)      # issue 3 on 2 GPUs at once. GPU 0: the same-process table (ours eager, mamba_ssm, Llama, ours compiled),
+  levers)      # the GPU performance levers on 2 GPUs at once. GPU 0: the same-process table (ours eager, mamba_ssm, Llama, ours compiled),
                # with a profile of one training step each. GPU 1: the training levers, one papermill run each, and the
-               # 125m shape of issue 4 through the plain single-process loop. Results as two tarballs.
+               # 125m shape of the scaling runs through the plain single-process loop. Results as two tarballs.
     mkdir -p "$OUT/bench_gpu" "$OUT/levers"
     ( CUDA_VISIBLE_DEVICES=0 timeout $(( $(left) - 30 )) python3 -m papermill experiments/bench_gpu.ipynb "$OUT/bench_gpu/bench_gpu.ipynb" \
         -k python3 --no-progress-bar -p ssm_state_dtype bfloat16 -p system_timeout_s 200 -p profile True \
@@ -114,9 +116,9 @@ case "${1:-}" in
         -p device=cuda -p lm_source=.gpudata/corpus > "$OUT/sweep_lm.log" 2>&1; echo "lm sweep exit $?" >> "$OUT/sweep_lm.log" ) &
     wait
     tail -n 25 "$OUT/sweep_mqar.log" "$OUT/sweep_lm.log" ;;
-  final)   # one call for what a first pass lost: 1-GPU baseline (GPU 0), then a demo model + quant bench on it (GPU 0);
+  final)   # one batch for what a first pass lost: 1-GPU baseline (GPU 0), then a demo model + quant bench on it (GPU 0);
            # both ablation sweeps at once on GPU 1 (their throughput column is then shared-GPU, comparable only within).
-           # Results as tarballs: the tool returns at most 8 files, no deeper than $OUT/a/b/file.
+           # Results as a few tarballs under $OUT, easy to copy back.
     W=papermill_runs; t=$(( $(left) - 25 ))
     tarit() { tar czf "$OUT/$1.tgz" --exclude='*.safetensors' --exclude='*.pt' --exclude='checkpoints' --exclude='tb' "${@:2}" 2>/dev/null; }
     ( timeout "$t" python3 experiments/sweep_ablate.py --name gpu_mqar --task mqar --gpus 1 --jobs 3 --runs-root $W/ablate \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The 2-GPU scaling runs of issue 4, in one command on a machine with 2 GPUs (repo root, after
+# The 2-GPU scaling runs (data-parallel DeepSpeed training), in one command on a machine with 2 GPUs (repo root, after
 # experiments/gpu_wheels.sh filled .whl/ on a machine with PyPI):
 #
 #     bash experiments/run_2gpu.sh

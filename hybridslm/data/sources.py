@@ -147,7 +147,7 @@ SEED_MIXTURE = Mixture([
 CODE_FILTERS = ['length', 'pii']   # code: no English-prose heuristics
 
 def local_mixture(shared: str = '../../shared/data', seed: int = 0, rawweb: str | None = None) -> Mixture:
-    "The seed mixture's slots that have real local data (`shared/data`), with the seed's weights."
+    "The seed mixture's slots that have real local data (under `shared`), with the seed's weights."
     sh = Path(shared)
     return Mixture([
         SourceSpec('c4', .30, paths=[rawweb or str(sh/'rawweb/c4_demo.jsonl')]),

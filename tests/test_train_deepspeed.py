@@ -88,14 +88,27 @@ def test_sigkill_and_resume_is_exact(tmp_path):
     from safetensors.torch import load_file
     full, crash = tmp_path / 'full', tmp_path / 'crash'
     finish(start_run(full))
-    # the same run, SIGKILLed (launcher and both ranks) at a random step, possibly in the middle of a checkpoint save
+    # the same run, SIGKILLed at a random step, possibly in the middle of a checkpoint save
     kill_after = random.Random().randint(3, 8)
     proc = start_run(crash)
     t0 = time.time()
     while steps_logged(crash) < kill_after:
         assert proc.poll() is None and time.time() - t0 < 180, "run ended before it could be killed"
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL); proc.wait()
+    # every process of the run at once: torchrun's agent and both ranks (each rank has a session of its own, so a
+    # killpg of the agent's group would not reach them)
+    import psutil
+    def alive(q):
+        try: return q.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess: return False
+    run = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    assert len(run) >= 3, run
+    for q in run:
+        try: q.kill()
+        except psutil.NoSuchProcess: pass
+    proc.wait(); t0 = time.time()
+    while any(map(alive, run)) and time.time() - t0 < 10: time.sleep(0.05)
+    assert not any(map(alive, run)), f"survived SIGKILL: {[q for q in run if alive(q)]}"
     ck = crash / 'checkpoints'
     done = sorted(p.name for p in ck.glob('step-*'))
     assert not (crash / 'result.json').exists() and done, (kill_after, done)

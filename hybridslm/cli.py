@@ -57,10 +57,17 @@ def _serve_args(p: argparse.ArgumentParser):
     a('--max-context', type=int, default=None, help='prompt + completion limit (default: the config max_seq_len)')
     a('--prefix-cache-mb', type=float, default=256, help='prefix-cache budget in MiB (0 disables it)')
     a('--prefix-block', type=int, default=128, help='snapshot the state every this many prompt tokens')
+    a('--prefill-chunk', type=int, default=512, help='prompt tokens a long prefill advances per engine step')
     a('--max-body-bytes', type=int, default=1 << 20, help='request body limit (413 above)')
     a('--request-timeout', type=float, default=600, help='seconds before a request is aborted (504)')
     a('--default-max-tokens', type=int, default=256, help='chat max_tokens when the client sends none')
     a('--max-waiting', type=int, default=1024, help='queued requests before answering 429')
+    a('--protect-metrics', action='store_true', help='/metrics and /openapi.json need the API key too')
+    a('--header-timeout', type=float, default=10, help='seconds to receive a request head (then the connection closes)')
+    a('--body-timeout', type=float, default=30, help='seconds to receive a request body (408)')
+    a('--timeout-keep-alive', type=float, default=5, help='seconds an idle keep-alive connection stays open')
+    a('--timeout-graceful-shutdown', type=float, default=30, help='seconds in-flight requests get at shutdown')
+    a('--limit-concurrency', type=int, default=512, help='concurrent connections before answering 503')
     a('--torch-threads', type=int, default=None, help='torch.set_num_threads for CPU serving')
     a('--log-level', default='info')
 
@@ -69,14 +76,19 @@ def serve_config(args) -> dict:
     keys = list(args.api_key) + [k for k in os.environ.get('HYBRIDSLM_API_KEYS', '').split(',') if k.strip()]
     if args.workers < 1: raise ValueError(f"--workers={args.workers} must be >= 1")
     if not 0 < args.port < 65536: raise ValueError(f"--port={args.port} must be in 1..65535")
+    for f in ('header_timeout', 'body_timeout', 'timeout_keep_alive', 'timeout_graceful_shutdown', 'limit_concurrency'):
+        if not getattr(args, f) > 0: raise ValueError(f"--{f.replace('_', '-')}={getattr(args, f)} must be > 0")
     name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
     return dict(torch_threads=args.torch_threads,
                 engine=dict(model_path=args.model, device=args.device, dtype=args.dtype, max_batch=args.max_batch,
                             prefix_cache_mb=args.prefix_cache_mb, prefix_block=args.prefix_block,
-                            max_context=args.max_context),
+                            max_context=args.max_context, prefill_chunk=args.prefill_chunk),
                 app=dict(model_name=name, api_keys=keys, max_body_bytes=args.max_body_bytes,
                          request_timeout=args.request_timeout, default_max_tokens=args.default_max_tokens,
-                         max_waiting=args.max_waiting))
+                         max_waiting=args.max_waiting, body_timeout=args.body_timeout, protect_metrics=args.protect_metrics),
+                http=dict(header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+                          timeout_keep_alive=args.timeout_keep_alive, limit_concurrency=args.limit_concurrency,
+                          timeout_graceful_shutdown=args.timeout_graceful_shutdown))
 
 def _serve(args) -> int:
     import uvicorn
@@ -84,16 +96,18 @@ def _serve(args) -> int:
     if args.host not in ('127.0.0.1', 'localhost', '::1') and not cfg['app']['api_keys']:
         print(f"WARNING: serving on {args.host} without an API key: anyone who can reach this port can use the model",
               file=sys.stderr)
-    kw = dict(host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=5)
+    from hybridslm.serve.server import load_engine, create_app, uvicorn_config
+    h = cfg['http']
     if args.workers > 1:
         os.environ['HYBRIDSLM_SERVE'] = json.dumps(cfg)
-        uvicorn.run('hybridslm.serve.server:app_from_env', factory=True, workers=args.workers, **kw)
+        uvicorn.run('hybridslm.serve.server:app_from_env', factory=True, workers=args.workers, host=args.host,
+                    port=args.port, log_level=args.log_level, http='hybridslm.serve.server:TimedH11Protocol',
+                    **{k: v for k, v in h.items() if k not in ('header_timeout', 'body_timeout')})
         return 0
     import torch
-    from hybridslm.serve.server import load_engine, create_app
     if cfg['torch_threads']: torch.set_num_threads(cfg['torch_threads'])
     app = create_app(load_engine(**cfg['engine']), **cfg['app'])
-    uvicorn.run(app, **kw)
+    uvicorn.Server(uvicorn_config(app, host=args.host, port=args.port, log_level=args.log_level, **h)).run()
     return 0
 
 register('serve', _serve_args, _serve, help='OpenAI-compatible HTTP server (continuous batching, prefix cache, /metrics)')

@@ -53,20 +53,29 @@ class Server:
 
 class ThreadServer:
     "The same app under a real uvicorn server in a thread of this process (cheaper than a subprocess: no second torch import)."
+    ENGINE = ('max_batch', 'prefix_block', 'prefix_cache_mb', 'prefill_chunk', 'max_context')
+    HTTP = ('header_timeout', 'body_timeout', 'timeout_keep_alive', 'timeout_graceful_shutdown', 'limit_concurrency')
     def __init__(self, ckpt: Path, timeout: float = 30, **app_kw):
         import threading, uvicorn
-        from hybridslm.serve.server import create_app, load_engine
-        eng_kw = {k: app_kw.pop(k) for k in ('max_batch', 'prefix_block', 'prefix_cache_mb') if k in app_kw}
-        self.app = create_app(load_engine(ckpt, device='cpu', **eng_kw), model_name=MODEL, api_keys=[API_KEY], **app_kw)
+        from hybridslm.serve.server import create_app, load_engine, uvicorn_config
+        eng_kw = {k: app_kw.pop(k) for k in self.ENGINE if k in app_kw}
+        http_kw = {k: app_kw.pop(k) for k in self.HTTP if k in app_kw}
+        app_kw.setdefault('api_keys', [API_KEY])
+        if 'body_timeout' in http_kw: app_kw['body_timeout'] = http_kw['body_timeout']
+        self.app = create_app(load_engine(ckpt, device='cpu', **eng_kw), model_name=MODEL, **app_kw)
         self.port = free_port()
         self.url = f'http://127.0.0.1:{self.port}'
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host='127.0.0.1', port=self.port, log_level='warning'))
+        self.server = uvicorn.Server(uvicorn_config(self.app, host='127.0.0.1', port=self.port, log_level='warning', **http_kw))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         t0 = time.time()
         while not self.server.started:
             if time.time() - t0 > timeout or not self.thread.is_alive(): raise RuntimeError('uvicorn thread did not start')
             time.sleep(0.05)
+
+    def health(self) -> dict:
+        "The detailed /health (it needs the key)."
+        return httpx.get(self.url + '/health', headers={'Authorization': f'Bearer {API_KEY}'}).json()
 
     def stop(self):
         self.server.should_exit = True

@@ -42,7 +42,8 @@ PROMPTS = ['Once upon a time', 'The quick brown fox jumps over', 'In 1905, Einst
 def test_models_and_health(env):
     ids = [m.id for m in env['client'].models.list()]
     assert ids == [MODEL]
-    h = httpx.get(env['url'] + '/health').json()
+    assert httpx.get(env['url'] + '/health').json() == {'status': 'ok'}       # no key: liveness only
+    h = env['srv'].health()
     assert h['status'] == 'ok' and h['model'] == MODEL
 
 def test_completion_matches_generate(env):
@@ -124,7 +125,7 @@ def test_prefix_cache_hit_skips_prefill(env):
 
 def test_disconnect_mid_stream_frees_slot(env):
     url = env['url']
-    before = httpx.get(url + '/health').json()['aborted']
+    before = env['srv'].health()['aborted']
     body = {'model': MODEL, 'prompt': 'Tell me everything.', 'max_tokens': 200, 'temperature': 0, 'stream': True,
             'ignore_eos': True}
     with httpx.Client(timeout=30) as c:
@@ -133,10 +134,10 @@ def test_disconnect_mid_stream_frees_slot(env):
             it = r.iter_lines()
             got = [next(it) for _ in range(3)]
             assert any(l.startswith('data: ') for l in got)
-            assert httpx.get(url + '/health').json()['running'] >= 1
+            assert env['srv'].health()['running'] >= 1
     t0 = time.time()
     while time.time() - t0 < 10:
-        h = httpx.get(url + '/health').json()
+        h = env['srv'].health()
         if h['running'] == 0 and h['aborted'] > before: break
         time.sleep(0.1)
     assert h['running'] == 0 and h['aborted'] == before + 1, h

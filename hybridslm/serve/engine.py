@@ -33,13 +33,17 @@ class SamplingParams:
 
     def __post_init__(self):
         if isinstance(self.stop, str): self.stop = [self.stop]
-        bad = lambda f, why: ValueError(f"SamplingParams.{f}={getattr(self, f)!r}: {why}")
+        def bad(f, why):
+            v = repr(getattr(self, f))
+            return ValueError(f"SamplingParams.{f}={v if len(v) <= 60 else v[:57] + '...'}: {why}")
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1: raise bad('max_tokens', 'must be an integer >= 1')
         if not 0 <= self.temperature <= 100: raise bad('temperature', 'must be in [0, 100]')
         if not 0 < self.top_p <= 1: raise bad('top_p', 'must be in (0, 1]')
         if self.top_k < 0: raise bad('top_k', 'must be >= 0 (0 = off)')
-        if len(self.stop) > 16 or any(not isinstance(s, str) or not s for s in self.stop):
-            raise bad('stop', 'at most 16 non-empty strings')
+        if len(self.stop) > 16 or any(not isinstance(s, str) or not 0 < len(s) <= 1024 for s in self.stop):
+            raise bad('stop', 'at most 16 non-empty strings of at most 1024 characters')
+        if self.seed is not None and (not isinstance(self.seed, int) or not -2**63 <= self.seed < 2**64):
+            raise bad('seed', 'must be an integer in [-2**63, 2**64)')
 
     @property
     def greedy(self): return self.temperature == 0 or self.top_k == 1
@@ -137,9 +141,10 @@ def trim_cache(cache: HybridCache, mask: torch.Tensor):
 # %% ../../nbs/50_serve.engine.ipynb #05fabe2b
 class PrefixCache:
     "LRU map from a token-id prefix to a snapshot of the hybrid cache after it."
-    def __init__(self, max_bytes: int = 256 * 2**20, block: int = 128, min_tokens: int = 16):
-        if max_bytes < 0 or block < 1: raise ValueError(f"PrefixCache: max_bytes={max_bytes} must be >= 0, block={block} >= 1")
-        self.max_bytes, self.block, self.min_tokens = max_bytes, block, min_tokens
+    def __init__(self, max_bytes: int = 256 * 2**20, block: int = 128, min_tokens: int = 16, max_points: int = 8):
+        if max_bytes < 0 or block < 1 or max_points < 1:
+            raise ValueError(f"PrefixCache: max_bytes={max_bytes} must be >= 0, block={block} >= 1, max_points={max_points} >= 1")
+        self.max_bytes, self.block, self.min_tokens, self.max_points = max_bytes, block, min_tokens, max_points
         self.entries: OrderedDict = OrderedDict()
         self.nbytes = self.hits = self.misses = self.tokens_saved = self.stores = self.evictions = 0
         self.lock = threading.Lock()
@@ -148,9 +153,16 @@ class PrefixCache:
     def key(ids) -> bytes: return hashlib.blake2b(np.asarray(ids, dtype=np.int32).tobytes(), digest_size=16).digest()
 
     def points(self, n: int, extra=()) -> list[int]:
-        "Candidate snapshot offsets for a prompt of `n` tokens (at least one token is always left to prefill)."
-        pts = set(range(self.block, n, self.block)) | {p for p in extra if 0 < p < n}
-        return sorted(p for p in pts if p >= self.min_tokens)
+        """Snapshot offsets for a prompt of `n` tokens (at least one token is always left to prefill), at most
+        `max_points`: the first named point (a system prompt), the last named ones (the previous turns of a chat),
+        then the last multiples of `block`."""
+        ex = sorted({p for p in extra if self.min_tokens <= p < n})
+        keep = ex if len(ex) <= self.max_points else ex[:1] + ex[len(ex) - self.max_points + 1:]
+        b = (n - 1) // self.block * self.block                  # the largest multiple of `block` below n
+        while len(keep) < self.max_points and b >= max(self.block, self.min_tokens):
+            if b not in keep: keep.append(b)
+            b -= self.block
+        return sorted(keep)
 
     def lookup(self, ids, extra=()):
         "Longest cached prefix of `ids` at a candidate point: `(p, snapshot)` or `(0, None)`; counts a hit or miss."
@@ -204,21 +216,33 @@ def restore(snap: list, seqlen: int, spare: int = 64) -> HybridCache:
     return c
 
 # %% ../../nbs/50_serve.engine.ipynb #2ebf35cf
+@dataclass(eq=False)
+class _Prefill:
+    "A request being prefilled alone into its own batch-1 cache, `pos` prompt tokens so far."
+    req: Request
+    cache: HybridCache
+    pos: int
+    points: list                                     # snapshot offsets still ahead
+    logits: torch.Tensor | None = None
+
 class Engine:
     "Continuous-batching generation over one running `HybridCache` batch; thread-safe `submit`/`abort`."
     def __init__(self, model, tokenizer, max_batch: int = 32, max_context: int | None = None,
                  prefix_cache: PrefixCache | None = None, max_prefill_tokens: int = 4096, batch_prefill: bool = True,
-                 max_group_tokens: int = 1024):
-        if max_batch < 1: raise ValueError(f"Engine: max_batch={max_batch} must be >= 1")
+                 max_group_tokens: int = 1024, prefill_chunk: int = 512, max_prefilling: int = 2):
+        if max_batch < 1 or prefill_chunk < 1 or max_prefilling < 1:
+            raise ValueError(f"Engine: max_batch={max_batch}, prefill_chunk={prefill_chunk} and "
+                             f"max_prefilling={max_prefilling} must be >= 1")
         self.model, self.tok = model.eval(), tokenizer
         self.device = next(model.parameters()).device
         self.max_batch, self.max_prefill_tokens, self.batch_prefill = max_batch, max_prefill_tokens, batch_prefill
-        self.max_group_tokens = max_group_tokens
+        self.max_group_tokens, self.prefill_chunk, self.max_prefilling = max_group_tokens, prefill_chunk, max_prefilling
         self.max_context = max_context or model.config.max_seq_len
         self.prefix_cache = prefix_cache
         eos = model.config.eos_token_id if model.config.eos_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
         self.waiting, self.running = deque(), []       # Requests; `running[i]` is row i of the batch
+        self.prefilling: list[_Prefill] = []            # requests being prefilled alone, a chunk per step
         self.cache = self.mask = self.last = None
         self.lock, self.wake = threading.Lock(), threading.Event()
         self._abort, self._thread, self._stop = set(), None, False
@@ -248,26 +272,35 @@ class Engine:
     @property
     def n_running(self): return len(self.running)
 
-    # ---- prefill (with the prefix cache) ----
-    def _prefill(self, req: Request):
-        "Prefill one request alone; snapshot at cache points; returns `(batch-1 cache, last logits)`."
+    # ---- prefill alone, chunk by chunk (with the prefix cache) ----
+    def _start_prefill(self, req: Request) -> _Prefill:
+        "Look the prompt up in the prefix cache; a batch-1 cache holding the longest cached prefix (or nothing)."
         ids, pc = req.prompt_ids, self.prefix_cache
         p, snap = pc.lookup(ids, req.cache_points) if pc is not None else (0, None)
-        cache = restore(snap, p) if snap is not None else self.model.allocate_cache(1, len(ids) + 64)
+        cache = restore(snap, p, len(ids) - p + 64) if snap is not None else self.model.allocate_cache(1, len(ids) + 64)
         req.cached_tokens = p
         points = [q for q in pc.points(len(ids), req.cache_points) if q > p] if pc is not None else []
-        pos = p
-        for q in points + [len(ids)]:
-            x = torch.tensor([ids[pos:q]], device=self.device)
-            logits = self.model(x, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-            if q < len(ids) and ids[:q] not in pc: pc.store(ids[:q], snapshot(cache))
-            pos = q
-        self.n_prefills += 1; self.prefill_tokens += len(ids) - p
-        return cache, logits
+        self.n_prefills += 1
+        return _Prefill(req, cache, p, points)
 
-    def _uses_prefix_cache(self, req) -> bool:
+    def _advance(self, pf: _Prefill, n: int) -> int:
+        "Prefill at most `n` more prompt tokens of `pf`, snapshotting at its cache points; returns the tokens done."
+        ids, pc, start = pf.req.prompt_ids, self.prefix_cache, pf.pos
+        while pf.pos < min(start + n, len(ids)):
+            end, snap = min(start + n, len(ids)), False
+            if pf.points and pf.points[0] <= end: end, snap = pf.points.pop(0), True
+            x = torch.tensor([ids[pf.pos:end]], device=self.device)
+            pf.logits = self.model(x, past_key_values=pf.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+            pf.pos = end
+            if snap and ids[:end] not in pc: pc.store(ids[:end], snapshot(pf.cache))
+        self.prefill_tokens += pf.pos - start
+        return pf.pos - start
+
+    def _solo(self, req) -> bool:
+        "Prefilled alone (chunked): long prompts, prompts with prefix-cache points, or all when `batch_prefill` is off."
         pc = self.prefix_cache
-        return pc is not None and bool(pc.points(len(req.prompt_ids), req.cache_points))
+        return (not self.batch_prefill or len(req.prompt_ids) > self.prefill_chunk
+                or (pc is not None and bool(pc.points(len(req.prompt_ids), req.cache_points))))
 
     def _prefill_group(self, reqs):
         "Prefill several newcomers in one left-padded forward; returns `(cache, mask, last logits)`."
@@ -306,7 +339,8 @@ class Engine:
         for i, r in enumerate(reqs):
             sp = r.params
             if sp.greedy: out.append(greedy[i]); continue
-            l = logits[i].float().cpu() / sp.temperature
+            l = logits[i].double().cpu()
+            l = (l - l.max()) / sp.temperature       # the max is 0 at any temperature: a tiny one gives -inf, never nan
             if sp.top_k: l = l.masked_fill(l < torch.topk(l, min(sp.top_k, l.numel())).values[-1], float('-inf'))
             if sp.top_p < 1:
                 sp_, si = torch.sort(l, descending=True)
@@ -314,7 +348,7 @@ class Engine:
                 drop = (cum - sp_.softmax(-1)) > sp.top_p           # keep the smallest set reaching top_p
                 l[si[drop]] = float('-inf')
             if r._gen is None:
-                r._gen = torch.Generator().manual_seed(sp.seed if sp.seed is not None else
+                r._gen = torch.Generator().manual_seed(sp.seed % 2**64 if sp.seed is not None else
                                                        int.from_bytes(uuid.uuid4().bytes[:8], 'little') >> 1)
             out.append(int(torch.multinomial(l.softmax(-1), 1, generator=r._gen)))
         return out
@@ -371,29 +405,40 @@ def _step(self: Engine) -> bool:
         with self.lock:
             gone = [r for r in self.waiting if r.id in aborts]
             for r in gone: self.waiting.remove(r)
+        gone += [pf.req for pf in self.prefilling if pf.req.id in aborts]
+        self.prefilling = [pf for pf in self.prefilling if pf.req.id not in aborts]
         for r in gone: self._finish(r, 'abort')
         rows = [i for i, r in enumerate(self.running) if r.id in aborts]
         for i in rows: self._finish(self.running[i], 'abort')
         self._drop(rows)
-    budget, new = self.max_prefill_tokens, []
-    with self.lock:
-        while self.waiting and len(self.running) + len(new) < self.max_batch:
-            if new and len(self.waiting[0].prompt_ids) > budget: break
-            new.append(self.waiting.popleft()); budget -= len(new[-1].prompt_ids)
-    solo = [r for r in new if not self.batch_prefill or self._uses_prefix_cache(r)]
-    group = [r for r in new if r not in solo]
-    for r in solo:
-        try: cache, logits = self._prefill(r)
-        except Exception as e: self._fail([r], e); continue
-        self._admit([r], cache, torch.ones(1, cache.seqlen, dtype=torch.long, device=self.device), logits)
+    budget, new, starts = self.max_prefill_tokens, [], []
+    with self.lock:                      # admit in arrival order; a long prompt waiting for a prefill slot is skipped
+        i, free = 0, self.max_batch - len(self.running) - len(self.prefilling)
+        while i < min(len(self.waiting), 4 * self.max_batch) and free > 0:
+            r = self.waiting[i]
+            if self._solo(r):
+                if len(self.prefilling) + len(starts) >= self.max_prefilling: i += 1; continue
+                starts.append(r)
+            elif len(r.prompt_ids) > budget: break
+            else: new.append(r); budget -= len(r.prompt_ids)
+            del self.waiting[i]; free -= 1
+    for r in starts:
+        try: self.prefilling.append(self._start_prefill(r))
+        except Exception as e: self._fail([r], e)
+    for pf in list(self.prefilling):     # every solo prefill advances by at most one chunk per step
+        try: self._advance(pf, self.prefill_chunk)
+        except Exception as e: self.prefilling.remove(pf); self._fail([pf.req], e); continue
+        if pf.pos == len(pf.req.prompt_ids):
+            self.prefilling.remove(pf)
+            self._admit([pf.req], pf.cache, torch.ones(1, pf.cache.seqlen, dtype=torch.long, device=self.device), pf.logits)
     chunks, cur = [], []                 # by length, at most `max_group_tokens` padded tokens per forward
-    for r in sorted(group, key=lambda r: len(r.prompt_ids)):
+    for r in sorted(new, key=lambda r: len(r.prompt_ids)):
         if cur and (len(cur) + 1) * len(r.prompt_ids) > self.max_group_tokens: chunks.append(cur); cur = []
         cur.append(r)
     for c in chunks + ([cur] if cur else []):
         try: self._admit(c, *self._prefill_group(c))
         except Exception as e: self._fail(c, e)
-    if not self.running: return bool(self.waiting)
+    if not self.running: return bool(self.waiting or self.prefilling)
     B = len(self.running)
     self.mask = torch.cat([self.mask, self.mask.new_ones(B, 1)], 1)
     logits = self.model(self.last[:, None], attention_mask=self.mask, past_key_values=self.cache,
@@ -403,7 +448,7 @@ def _step(self: Engine) -> bool:
     self._rate.append((time.perf_counter(), self.generated_tokens))
     self.last = torch.tensor(toks, device=self.device)
     self._drop([i for i, (r, t) in enumerate(zip(self.running, toks)) if self._append(r, t)])
-    return bool(self.running or self.waiting)
+    return bool(self.running or self.waiting or self.prefilling)
 Engine.step = _step
 
 # %% ../../nbs/50_serve.engine.ipynb #1149af84
@@ -413,8 +458,9 @@ def _loop(self: Engine):
         try: busy = self.step()
         except Exception as e:
             self.errors += 1
-            for r in self.running: r.error = f"{type(e).__name__}: {e}"; self._finish(r, 'error')
-            self.running, self.cache, self.mask, self.last = [], None, None, None
+            for r in self.running + [pf.req for pf in self.prefilling]:
+                r.error = f"{type(e).__name__}: {e}"; self._finish(r, 'error')
+            self.running, self.prefilling, self.cache, self.mask, self.last = [], [], None, None, None
             busy = False
         if not busy: self.wake.wait(0.05)
 
@@ -426,8 +472,13 @@ def _start(self: Engine):
     return self
 
 def _shutdown(self: Engine):
+    "Stop the engine thread; requests still queued or running finish with `abort` (their waiters are released)."
     self._stop = True; self.wake.set()
     if self._thread is not None: self._thread.join(5)
+    if self._thread is None or not self._thread.is_alive():
+        with self.lock: left, self.waiting = list(self.waiting), deque()
+        for r in left + [pf.req for pf in self.prefilling] + self.running: self._finish(r, 'abort')
+        self.running, self.prefilling, self.cache, self.mask, self.last = [], [], None, None, None
 
 def _generate(self: Engine, prompts: list, params: SamplingParams | list | None = None) -> list[Request]:
     "Run `prompts` (lists of token ids) to completion; returns the finished `Request`s in order."
@@ -446,7 +497,7 @@ def _tokens_per_second(self: Engine, window: float = 10.0) -> float:
     return (self.generated_tokens - pts[0][1]) / max(now - pts[0][0], 1e-3) if len(pts) > 1 else 0.0
 
 def _stats(self: Engine) -> dict:
-    d = dict(running=self.n_running, waiting=self.queue_depth, steps=self.n_steps, prefills=self.n_prefills,
+    d = dict(running=self.n_running, waiting=self.queue_depth, prefilling=len(self.prefilling), steps=self.n_steps, prefills=self.n_prefills,
              prefill_tokens=self.prefill_tokens, generated_tokens=self.generated_tokens, finished=self.n_finished,
              aborted=self.n_aborted, errors=self.errors, batch_kv_len=self.cache.seqlen if self.cache else 0)
     if self.prefix_cache is not None: d['prefix_cache'] = self.prefix_cache.stats()

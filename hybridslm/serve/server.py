@@ -21,8 +21,8 @@ from .engine import Engine, PrefixCache, Request, SamplingParams
 
 # %% auto #0
 __all__ = ['MAX_DEPTH', 'APIError', 'StreamOptions', 'CompletionRequest', 'ChatMessage', 'ChatRequest', 'check_json', 'read_json',
-           'validate', 'encode_text', 'chat_prompt', 'EngineCollector', 'Metrics', 'create_app', 'load_engine',
-           'app_from_env', 'TimedH11Protocol', 'uvicorn_config']
+           'parse_json', 'validate', 'encode_text', 'chat_prompt', 'EngineCollector', 'Metrics', 'create_app',
+           'load_engine', 'app_from_env', 'TimedH11Protocol', 'uvicorn_config']
 
 # %% ../../nbs/51_serve.server.ipynb #ebd02413
 class APIError(Exception):
@@ -102,28 +102,33 @@ def _no_constant(name): raise APIError(400, f"malformed JSON in request body: {n
 def check_json(obj, max_depth: int = MAX_DEPTH):
     """Reject what JSON allows but a request never needs, naming where it is: nesting deeper than `max_depth`,
     integers outside int64, non-finite floats (`1e999`), strings with lone UTF-16 surrogates (`"\\ud800"`)."""
-    stack = [(obj, ())]
+    stack = [(obj, ())]                # containers still to visit, with their path; scalars are checked in place
     while stack:
         o, path = stack.pop()
-        where = lambda: '.'.join(map(str, path)) or None
-        if len(path) > max_depth:
-            raise APIError(400, f"request JSON is nested deeper than {max_depth} levels (at '{where()}')",
+        if len(path) >= max_depth:
+            raise APIError(400, f"request JSON is nested deeper than {max_depth} levels (at '{_where(path)}')",
                            param=str(path[0]), code='invalid_json')
-        if isinstance(o, dict):
-            for k, v in o.items(): _check_str(k, path + (k,)); stack.append((v, path + (k,)))
-        elif isinstance(o, list): stack.extend((v, path + (i,)) for i, v in enumerate(o))
-        elif isinstance(o, str): _check_str(o, path)
-        elif isinstance(o, bool) or o is None: pass
-        elif isinstance(o, int) and not -2**63 <= o < 2**63:
-            raise APIError(400, f"integer out of range in '{where()}': at most 64 bits", param=where(), code='integer_out_of_range')
-        elif isinstance(o, float) and not math.isfinite(o):
-            raise APIError(400, f"number out of range in '{where()}'", param=where(), code='invalid_value')
+        for k, v in (o.items() if isinstance(o, dict) else enumerate(o)):
+            if isinstance(k, str): _check_str(k, path + (k,))
+            if isinstance(v, (dict, list)): stack.append((v, path + (k,)))
+            elif isinstance(v, str): _check_str(v, (path, k))
+            elif isinstance(v, bool) or v is None: pass
+            elif isinstance(v, int) and not -2**63 <= v < 2**63:
+                raise APIError(400, f"integer out of range in '{_where((path, k))}': at most 64 bits",
+                               param=_where((path, k)), code='integer_out_of_range')
+            elif isinstance(v, float) and not math.isfinite(v):
+                raise APIError(400, f"number out of range in '{_where((path, k))}'", param=_where((path, k)), code='invalid_value')
+
+def _where(path) -> str:
+    "`('messages', 0)` or `(parent path, key)` -> 'messages.0', ASCII-escaped."
+    if len(path) == 2 and isinstance(path[0], tuple): path = path[0] + (path[1],)
+    return '.'.join(map(str, path)).encode('ascii', 'backslashreplace').decode()
 
 def _check_str(s: str, path):
     if s.isascii(): return
     try: s.encode('utf-8')
     except UnicodeEncodeError as e:
-        where = '.'.join(map(str, path)).encode('ascii', 'backslashreplace').decode()
+        where = _where(path)
         raise APIError(400, f"invalid Unicode in '{where}': a lone UTF-16 surrogate at character {e.start}",
                        param=where, code='invalid_unicode')
 
@@ -144,6 +149,10 @@ async def read_json(request: HTTPRequest, limit: int, timeout: float | None = No
         except ClientDisconnect: raise APIError(400, "client disconnected while sending the body", code='client_disconnected')
         if len(body) > limit:
             raise APIError(413, f"request body exceeds the limit of {limit} bytes", code='request_too_large', headers=close)
+    return await asyncio.to_thread(parse_json, bytes(body))          # ~1 MB of JSON: off the event loop
+
+def parse_json(body: bytes) -> dict:
+    "Decode and `check_json` a request body (a JSON object)."
     try: text = body.decode('utf-8')
     except UnicodeDecodeError as e: raise APIError(400, f"request body is not valid UTF-8: {e}", code='invalid_utf8')
     try: obj = json.loads(text, parse_constant=_no_constant)

@@ -10,7 +10,7 @@ from transformers import PretrainedConfig
 
 # %% auto #0
 __all__ = ['LAYER_TYPES', 'SEED_ATTN_IDX_24', 'PRESETS', 'parse_layer_pattern', 'pattern_from_indices', 'HybridConfig',
-           'seed_like_pattern', 'count_params']
+           'seed_like_pattern', 'check_config_overrides', 'count_params']
 
 # %% ../nbs/00_config.ipynb #94bd2c10
 LAYER_TYPES = {'M': 'mamba', 'A': 'attention'}
@@ -169,6 +169,20 @@ def _from_preset(cls, name: str, **overrides) -> HybridConfig:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return cls(**{**PRESETS[key], **overrides})
 HybridConfig.from_preset = _from_preset
+
+# %% ../nbs/00_config.ipynb #4491ccd8
+def check_config_overrides(overrides: dict | None, what: str = 'model_overrides') -> dict:
+    "`overrides` if every key is a `HybridConfig` field (or an HF alias such as `hidden_size`); else a ValueError naming the unknown key with a did-you-mean."
+    import dataclasses, difflib
+    if overrides is None: return {}
+    if not isinstance(overrides, dict): raise ValueError(f"{what} must be a dict of HybridConfig fields, got {overrides!r}")
+    known = {f.name for f in dataclasses.fields(HybridConfig)} | set(HybridConfig.attribute_map)
+    for k in overrides:
+        if not isinstance(k, str) or k not in known:
+            close = difflib.get_close_matches(str(k), sorted(known), n=3, cutoff=0.6)
+            raise ValueError(f"{what}: {k!r} is not a HybridConfig field" + (f"; did you mean {' or '.join(map(repr, close))}?" if close else
+                             f"; fields: {sorted(f for f in known if not f.startswith('_'))}"))
+    return overrides
 
 # %% ../nbs/00_config.ipynb #72237ea1
 def _mamba_params(c: HybridConfig) -> int:

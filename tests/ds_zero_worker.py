@@ -17,9 +17,10 @@ rank, world, dev = init_distributed()
 rows = TokenSequences((np.arange(4096) * 7) % 256, 16)   # learnable: next = previous + 7 (mod 256)
 for name in stages:
     # 'N' + stage: rank 0 alone gets a NaN loss in the 2nd micro-batch of step 2 (a partial accumulation window)
+    # 'G' + stage: the same, but a finite loss whose gradients are NaN (the step must be skipped all the same)
     # 'I3': ZeRO-3 with the model built already partitioned (zero3_init), which must equal one built whole
-    stage, nan = int(name.lstrip('NI')), name.startswith('N')
-    NaNAt.calls, NaNAt.nan_at = 0, (3 if nan and rank == 0 else -1)
+    stage, nan = int(name.lstrip('NIG')), name[0] in 'NG'
+    NaNAt.calls, NaNAt.nan_at, NaNAt.grad = 0, (3 if nan and rank == 0 else -1), name.startswith('G')
     torch.manual_seed(0)
     with zero3_init(name.startswith('I')): model = NaNAt(HybridConfig(**CFG))
     args = TrainArgs(max_steps=4, micro_batch=2, grad_accum=2, lr=3e-3, warmup=1, eval_every=0, precision='fp32',
@@ -29,6 +30,7 @@ for name in stages:
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=stage == 3):
         sd = {n: p.detach().float().clone().contiguous() for n, p in engine.module.named_parameters()}
     if rank == 0:
-        (out / f"zero{name}.json").write_text(json.dumps({'losses': [h['loss'] for h in res['history']], 'bad_steps': res['bad_steps']}))
+        (out / f"zero{name}.json").write_text(json.dumps({'losses': [h['loss'] for h in res['history']], 'bad_steps': res['bad_steps'],
+                                                          'bad_grad_steps': res['bad_grad_steps']}))
         save_file(sd, str(out / f"zero{name}.safetensors"))
     torch.distributed.barrier()

@@ -1,7 +1,8 @@
 """Multi-process DeepSpeed training on CPU (gloo, 2 processes):
 
 * ZeRO 0/1/2/3 reproduce plain single-process AdamW (`fit`) step by step, also when a NaN loss on one rank
-  makes every rank drop a half-accumulated step;
+  makes every rank drop a half-accumulated step, and when one rank back-propagates a NaN gradient from a finite
+  loss (the step is skipped on every rank, the weights stay finite);
 * a real training run killed with SIGKILL at a random moment and restarted with the same command (`resume='auto'`)
   finishes with bit-identical per-step losses and weights to an uninterrupted run; half-written checkpoint
   directories are ignored.
@@ -32,26 +33,29 @@ def test_zero_stages_match_plain_adamw(tmp_path):
     from safetensors.torch import load_file
     from hybridslm.train.loop import TrainArgs, TokenSequences, fit
     from hybridslm.config import HybridConfig
-    spawn([str(REPO / 'tests' / 'ds_zero_worker.py'), str(tmp_path), '0,1,2,3,N0,N2,N3,I3'])
+    spawn([str(REPO / 'tests' / 'ds_zero_worker.py'), str(tmp_path), '0,1,2,3,N0,N2,N3,I3,G0,G2,G3'])
     # reference: one process, plain torch AdamW, the same global batch (2 ranks x micro-batch 2 = 4 rows)
     torch.set_num_threads(1)
     from ds_helpers import CFG, NaNAt
     cfg = HybridConfig(**CFG)
     rows = TokenSequences((np.arange(4096) * 7) % 256, 16)   # learnable: next = previous + 7 (mod 256)
-    def reference(nan_at=-1):
-        NaNAt.calls, NaNAt.nan_at = 0, nan_at
+    def reference(nan_at=-1, grad=False):
+        NaNAt.calls, NaNAt.nan_at, NaNAt.grad = 0, nan_at, grad
         torch.manual_seed(0); ref = NaNAt(cfg)
         res = fit(ref, rows, None, TrainArgs(max_steps=4, micro_batch=4, grad_accum=2, lr=3e-3, warmup=1, eval_every=0,
                                              precision='fp32', progress=False))
-        return np.array([h['loss'] for h in res['history']]), {n: p.detach() for n, p in ref.named_parameters()}, res['bad_steps']
+        return np.array([h['loss'] for h in res['history']]), {n: p.detach() for n, p in ref.named_parameters()}, res['bad_steps'], res['bad_grad_steps']
     base = reference(); refs = {s: base for s in ('0', '1', '2', '3', 'I3')}
     refs['N2'] = refs['N0'] = refs['N3'] = reference(nan_at=3)   # NaN guard: the whole window is dropped, no step, counted
+    refs['G0'] = refs['G2'] = refs['G3'] = reference(nan_at=3, grad=True)    # a finite loss, NaN gradients: the same
     assert refs['N2'][2] == 1 and refs['0'][2] == 0 and not np.allclose(refs['N2'][0][1:], refs['0'][0][1:])
+    assert refs['G2'][2] == refs['G2'][3] == 1 and np.allclose(refs['G2'][0], refs['N2'][0])
     assert refs['0'][0][-1] < refs['0'][0][0] - 0.01                 # it trains, so matching is not trivial
-    for stage, (ref_losses, ref_sd, ref_bad) in refs.items():
+    for stage, (ref_losses, ref_sd, ref_bad, ref_bad_grad) in refs.items():
         rec = json.loads((tmp_path / f"zero{stage}.json").read_text())
-        losses = np.array(rec['losses']); assert rec['bad_steps'] == ref_bad
+        losses = np.array(rec['losses']); assert rec['bad_steps'] == ref_bad and rec['bad_grad_steps'] == ref_bad_grad, (stage, rec)
         sd = load_file(tmp_path / f"zero{stage}.safetensors")
+        assert all(torch.isfinite(v).all() for v in sd.values()), f"ZeRO-{stage}: non-finite weights"
         # Same arithmetic up to float32 summation order (all-reduce of two half-batch gradients vs one batch,
         # ZeRO's flattened buffers): ~1e-7 relative per op. Adam normalises each update to ~lr, so weight
         # differences stay ~lr * 1e-4 over 4 steps; a real bug (wrong averaging, missed clip, skipped

@@ -112,15 +112,38 @@ class PackWriter:
 
 # %% ../../nbs/13_data.pack.ipynb #87c3cc00
 class PackedTokenDataset(torch.utils.data.Dataset):
-    "Fixed-length token rows stored by `PackWriter` in `path` (a directory with `index.json`)."
-    def __init__(self, path):
+    "Fixed-length token rows stored by `PackWriter` in `path` (a directory with `index.json`); every shard's size is checked on opening (`verify=True`: its sha256 too)."
+    def __init__(self, path, verify: bool = False):
         self.path = Path(path)
-        if not (self.path / 'index.json').is_file(): raise ValueError(f"PackedTokenDataset: no index.json in {self.path}")
-        self.index = json.loads((self.path / 'index.json').read_text())
+        f = self.path / 'index.json'
+        if not f.is_file(): raise ValueError(f"PackedTokenDataset: no index.json in {self.path}")
+        try: self.index = json.loads(f.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f"PackedTokenDataset: {f} is not valid JSON ({e})") from e
+        if not isinstance(self.index, dict): raise ValueError(f"PackedTokenDataset: {f} must hold a JSON object")
         if self.index.get('format') != FORMAT: raise ValueError(f"PackedTokenDataset: {self.path} has format {self.index.get('format')!r}, expected {FORMAT!r}")
-        self.seq_len, self.vocab_size, self.eos_token_id = self.index['seq_len'], self.index['vocab_size'], self.index['eos_token_id']
+        def field(k, ok, want):
+            v = self.index.get(k)
+            if not ok(v): raise ValueError(f"PackedTokenDataset: {f} field {k!r} = {v!r}, expected {want}")
+            return v
+        is_int = lambda v: type(v) is int
+        self.seq_len = field('seq_len', lambda v: is_int(v) and v >= 2, 'an integer >= 2')
+        self.vocab_size = field('vocab_size', lambda v: is_int(v) and v >= 1, 'an integer >= 1')
+        self.eos_token_id = field('eos_token_id', lambda v: is_int(v) and 0 <= v < self.vocab_size, f'an integer in [0, {self.vocab_size})')
+        field('dtype', lambda v: v in ('uint16', 'uint32'), "'uint16' or 'uint32'")
         self.dtype = np.dtype(self.index['dtype']).newbyteorder('<')
-        self.shards = self.index['shards']
+        self.shards = field('shards', lambda v: isinstance(v, list) and len(v) > 0, 'a non-empty list')
+        for s in self.shards:
+            if not (isinstance(s, dict) and isinstance(s.get('file'), str) and is_int(s.get('n_seqs')) and s['n_seqs'] >= 1):
+                raise ValueError(f"PackedTokenDataset: {f} shard entry {s!r} needs 'file' (str) and 'n_seqs' (int >= 1)")
+            if Path(s['file']).name != s['file']: raise ValueError(f"PackedTokenDataset: {f} shard file {s['file']!r} must be a bare file name")
+            sf, want = self.path / s['file'], s['n_seqs'] * self.seq_len * self.dtype.itemsize
+            if not sf.is_file(): raise ValueError(f"PackedTokenDataset: shard {sf} listed in {f} is missing")
+            size = sf.stat().st_size
+            if size != want:
+                raise ValueError(f"PackedTokenDataset: shard {sf} is {size} bytes, index.json says {s['n_seqs']} rows x {self.seq_len} tokens "
+                                 f"x {self.dtype.itemsize} bytes = {want}: empty, truncated or not this dataset's")
+            if verify and 'sha256' in s and hashlib.sha256(sf.read_bytes()).hexdigest() != s['sha256']:
+                raise ValueError(f"PackedTokenDataset: shard {sf} fails its sha256 check against {f}: corrupt")
         self.offsets = np.cumsum([0] + [s['n_seqs'] for s in self.shards])
         self._mm = {}
     def __len__(self): return int(self.offsets[-1])
@@ -134,7 +157,11 @@ class PackedTokenDataset(torch.utils.data.Dataset):
         if i < 0: i += n
         if not 0 <= i < n: raise IndexError(f"index {i} out of range for {n} sequences")
         k = int(np.searchsorted(self.offsets, i, side='right') - 1)
-        return torch.from_numpy(self._shard(k)[i - self.offsets[k]].astype(np.int64))
+        row = self._shard(k)[i - self.offsets[k]]
+        if row.max() >= self.vocab_size:                  # a flipped bit in a shard shows up as an impossible token id
+            raise ValueError(f"PackedTokenDataset: row {i - self.offsets[k]} of shard {self.path / self.shards[k]['file']} holds "
+                             f"token id {int(row.max())} >= vocab_size {self.vocab_size}: corrupt shard (open with verify=True to check)")
+        return torch.from_numpy(row.astype(np.int64))
     def __getstate__(self): return {**self.__dict__, '_mm': {}}   # memmaps re-open in DataLoader workers
 
 # %% ../../nbs/13_data.pack.ipynb #41998174

@@ -4,15 +4,19 @@
 
 # %% ../../nbs/21_train.checkpoint.ipynb #9e113822
 from __future__ import annotations
-import json, os, random, re, shutil, tempfile
+import hashlib, json, os, random, re, shutil, uuid, warnings
 from pathlib import Path
 import numpy as np, torch
 
 # %% auto #0
-__all__ = ['CheckpointError', 'save_checkpoint', 'list_checkpoints', 'latest_checkpoint', 'load_checkpoint']
+__all__ = ['MANIFEST', 'RESUME_FIELDS', 'CheckpointError', 'make_tmp_dir', 'save_checkpoint', 'list_checkpoints',
+           'latest_checkpoint', 'load_checkpoint', 'checkpoint_files', 'hash_files', 'write_manifest', 'read_manifest',
+           'verify_checkpoint', 'read_trainer_state', 'clean_incomplete', 'check_writable', 'resume_latest']
 
 # %% ../../nbs/21_train.checkpoint.ipynb #a5bf5c0b
 _STEP_RE = re.compile(r'^step-(\d+)$')
+_TMP_RE = re.compile(r'^\.tmp-step-\d+')
+MANIFEST = 'manifest.json'
 
 class CheckpointError(RuntimeError):
     "A checkpoint file is missing, truncated, corrupt or not plain data; the message names the file."
@@ -29,12 +33,18 @@ def _set_rng_state(py_np: dict, tensors: dict):
     torch.set_rng_state(tensors['torch'])
     if tensors['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(tensors['cuda'])
 
+def make_tmp_dir(out_dir: Path, step: int) -> Path:
+    "A fresh `.tmp-step-NNNNNN-xxxxxxxx` directory in `out_dir`, mode 0777 minus the umask (as `step-*` dirs of every writer)."
+    tmp = Path(out_dir) / f".tmp-step-{step:06d}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    return tmp
+
 def save_checkpoint(out_dir, step: int, model, optimizer=None, trainer_state: dict | None = None, tokenizer=None,
                     keep_last: int | None = None) -> Path:
-    "Write `out_dir/step-{step:06d}` atomically; optionally delete all but the newest `keep_last`."
+    "Write `out_dir/step-{step:06d}` atomically, with a sha256 manifest; optionally delete all but the newest `keep_last`."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:06d}-", dir=out_dir))
+    tmp = make_tmp_dir(out_dir, step)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         if optimizer is not None: torch.save(optimizer.state_dict(), tmp / 'optimizer.pt')
@@ -42,6 +52,7 @@ def save_checkpoint(out_dir, step: int, model, optimizer=None, trainer_state: di
         torch.save(tens, tmp / 'rng.pt'); (tmp / 'rng.json').write_text(json.dumps(py_np))
         if tokenizer is not None: tokenizer.save_pretrained(tmp)
         (tmp / 'trainer_state.json').write_text(json.dumps({'step': step, **(trainer_state or {})}, indent=1, default=str))
+        write_manifest(tmp)
         if final.exists(): shutil.rmtree(final)          # re-saving the same step (e.g. after a resume)
         os.replace(tmp, final)
     except BaseException:
@@ -62,14 +73,19 @@ def latest_checkpoint(out_dir) -> Path | None:
     cks = list_checkpoints(out_dir)
     return cks[-1] if cks else None
 
-def load_checkpoint(path, model, optimizer=None, restore_rng: bool = True, map_location='cpu') -> dict:
-    "Load weights (and optimiser/RNG state) from a checkpoint directory into `model`; return its trainer state."
+def load_checkpoint(path, model, optimizer=None, restore_rng: bool = True, map_location='cpu', verify: bool = True,
+                    required: dict | None = None) -> dict:
+    "Verify (manifest), then load weights (and optimiser/RNG state) from a checkpoint directory into `model`; return its trainer state, checked against `required`."
     path = Path(path)
     if not (path / 'trainer_state.json').exists():
         raise FileNotFoundError(f"{path} is not a complete checkpoint directory (no trainer_state.json)")
+    if verify: verify_checkpoint(path)
+    st = read_trainer_state(path, required)
     from safetensors.torch import load_file
     sd = _checked(load_file, path / 'model.safetensors', device=str(map_location))
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    try: missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:                         # shapes differ: another model's checkpoint
+        raise RuntimeError(f"checkpoint {path} does not match the model: {str(e).splitlines()[1].strip()[:300]} ...") from e
     tied = {'lm_head.weight'} if getattr(model.config, 'tie_word_embeddings', False) else set()
     if set(missing) - tied or unexpected:
         raise RuntimeError(f"checkpoint {path} does not match the model: missing {sorted(set(missing) - tied)[:5]}, "
@@ -79,7 +95,7 @@ def load_checkpoint(path, model, optimizer=None, restore_rng: bool = True, map_l
     if restore_rng:
         _set_rng_state(_checked(lambda f: json.loads(f.read_text()), path / 'rng.json'),
                        _checked(torch.load, path / 'rng.pt', weights_only=True))
-    return _checked(lambda f: json.loads(f.read_text()), path / 'trainer_state.json')
+    return st
 
 def _checked(load, f, *args, **kw):
     "Call `load(f, ...)`, turning any failure into a `CheckpointError` that names `f`."
@@ -87,3 +103,112 @@ def _checked(load, f, *args, **kw):
     except Exception as e:
         raise CheckpointError(f"cannot load checkpoint file {f}: missing, truncated or corrupt "
                               f"({type(e).__name__}: {str(e)[:200]})") from e
+
+# %% ../../nbs/21_train.checkpoint.ipynb #71b13aba
+def _sha256(f: Path, bufsize: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(f, 'rb') as fh:
+        while chunk := fh.read(bufsize): h.update(chunk)
+    return h.hexdigest()
+
+def checkpoint_files(path) -> list[str]:
+    "Relative paths of every file under checkpoint directory `path` except the manifest, sorted."
+    path = Path(path)
+    return sorted(p.relative_to(path).as_posix() for p in path.rglob('*') if p.is_file() and p.name != MANIFEST)
+
+def hash_files(path, files) -> dict:
+    "`{file: {'size', 'sha256'}}` of `files` (relative to `path`)."
+    return {f: {'size': (Path(path) / f).stat().st_size, 'sha256': _sha256(Path(path) / f)} for f in files}
+
+def write_manifest(path, files: dict | None = None) -> Path:
+    "Write `path/manifest.json`: size and sha256 of every file of the checkpoint (hashed here unless `files` is given)."
+    path = Path(path)
+    files = hash_files(path, checkpoint_files(path)) if files is None else files
+    (path / MANIFEST).write_text(json.dumps({'format': 'hybridslm.checkpoint.v1', 'files': files}, indent=1, sort_keys=True))
+    return path / MANIFEST
+
+def read_manifest(path) -> dict | None:
+    "The manifest's `{file: {'size', 'sha256'}}`; None for a checkpoint written without one; `CheckpointError` if malformed."
+    f = Path(path) / MANIFEST
+    if not f.exists(): return None
+    try:
+        files = json.loads(f.read_text())['files']
+        if not isinstance(files, dict) or not files: raise ValueError("'files' must be a non-empty object")
+        for rel, e in files.items():
+            if not (isinstance(e, dict) and type(e.get('size')) is int and isinstance(e.get('sha256'), str)):
+                raise ValueError(f"entry {rel!r} must be {{'size': int, 'sha256': str}}, got {e!r}")
+            if Path(rel).is_absolute() or '..' in Path(rel).parts: raise ValueError(f"entry {rel!r} points outside the checkpoint")
+    except Exception as e: raise CheckpointError(f"corrupt checkpoint manifest {f}: {type(e).__name__}: {e}") from e
+    return files
+
+def verify_checkpoint(path, files: list[str] | None = None, warn: bool = True) -> bool:
+    "Check the files listed in `path/manifest.json` (or just `files`) for presence, size and sha256; `CheckpointError` naming the first bad one. False (and a warning) if there is no manifest."
+    path = Path(path)
+    man = read_manifest(path)
+    if man is None:
+        if warn: warnings.warn(f"checkpoint {path} has no {MANIFEST} (written by an older version): its files are not verified", stacklevel=2)
+        return False
+    for rel in (sorted(man) if files is None else files):
+        exp, f = man[rel], path / rel
+        if not f.is_file(): raise CheckpointError(f"checkpoint file {f} is missing (listed in {path / MANIFEST})")
+        size = f.stat().st_size
+        if size != exp['size']:
+            raise CheckpointError(f"checkpoint file {f} is {size} bytes, {path / MANIFEST} says {exp['size']}: truncated or overwritten")
+        if _sha256(f) != exp['sha256']:
+            raise CheckpointError(f"checkpoint file {f} fails its sha256 check against {path / MANIFEST}: corrupt")
+    return True
+
+# %% ../../nbs/21_train.checkpoint.ipynb #c5584b30
+RESUME_FIELDS = {'step': int, 'sampler': dict, 'history': list, 'evals': list, 'bad_steps': int, 'tokens': int, 'max_steps': int}
+
+def read_trainer_state(path, required: dict | None = None) -> dict:
+    "`path/trainer_state.json`, checked: a JSON object whose `step` (and every field of `required`: `{name: type}`) is present with the right type; `CheckpointError` naming the file, field and value otherwise."
+    f = Path(path) / 'trainer_state.json'
+    st = _checked(lambda f: json.loads(f.read_text()), f)
+    if not isinstance(st, dict): raise CheckpointError(f"{f}: expected a JSON object, got {type(st).__name__}")
+    for k, t in {'step': int, **(required or {})}.items():
+        if k not in st: raise CheckpointError(f"{f}: field {k!r} is missing")
+        v = st[k]
+        if not isinstance(v, t) or isinstance(v, bool) or (t is int and v < 0):
+            raise CheckpointError(f"{f}: field {k!r} = {v!r} is not a{' non-negative' if t is int else ''} {t.__name__}")
+    if 'sampler' in (required or {}):
+        s = st['sampler']
+        for k in ('epoch', 'pos'):
+            if type(s.get(k)) is not int or s[k] < 0: raise CheckpointError(f"{f}: field 'sampler.{k}' = {s.get(k)!r} is not a non-negative int")
+    m = _STEP_RE.match(Path(path).name)
+    if m and int(m.group(1)) != st['step']:
+        raise CheckpointError(f"{f}: step {st['step']} does not match its directory {Path(path).name}")
+    return st
+
+# %% ../../nbs/21_train.checkpoint.ipynb #bd38d615
+def clean_incomplete(out_dir, log=print) -> list[Path]:
+    "Delete what interrupted saves leave in `out_dir` (`.tmp-step-*` dirs, `step-*` dirs without `trainer_state.json`), logging each."
+    out_dir, gone = Path(out_dir), []
+    if not out_dir.is_dir(): return gone
+    for p in sorted(out_dir.iterdir()):
+        if p.is_dir() and (_TMP_RE.match(p.name) or (_STEP_RE.match(p.name) and not (p / 'trainer_state.json').exists())):
+            shutil.rmtree(p, ignore_errors=True); gone.append(p)
+            if log: log(f"removed {p}: left by an interrupted checkpoint save")
+    return gone
+
+def check_writable(out_dir, what: str = 'TrainArgs.out_dir') -> Path:
+    "Create `out_dir` and write/delete a probe file in it now, rather than failing at the first save hours later."
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-probe-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b'ok'); probe.unlink()
+    except OSError as e:
+        raise ValueError(f"{what}: cannot write checkpoints to {out_dir} ({type(e).__name__}: {e})") from e
+    return out_dir
+
+def resume_latest(out_dir, load, warn: bool = True):
+    "`(checkpoint, load(checkpoint))` for the newest checkpoint in `out_dir` that loads; a `CheckpointError` warns and falls back to the previous one. `(None, None)` if there is none; `CheckpointError` if none loads."
+    cks, errors = list_checkpoints(out_dir), []
+    for ck in reversed(cks):
+        try: return ck, load(ck)
+        except CheckpointError as e:
+            errors.append(str(e))
+            if warn: warnings.warn(f"resume='auto': checkpoint {ck.name} is unusable ({e}); falling back to the previous one", stacklevel=2)
+    if cks: raise CheckpointError(f"resume='auto': none of the {len(cks)} checkpoints in {out_dir} can be loaded: " + ' | '.join(errors))
+    return None, None

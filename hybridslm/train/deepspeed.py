@@ -4,13 +4,18 @@
 
 # %% ../../nbs/23_train.deepspeed.ipynb #53039fc6
 from __future__ import annotations
-import contextlib, dataclasses, json, math, os, shutil, time
+import contextlib, dataclasses, json, math, os, shutil, time, warnings
+from collections import Counter
 from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 from .optim import lr_at, make_optimizer, param_groups
-from .checkpoint import CheckpointError, latest_checkpoint, list_checkpoints
-from .loop import TrainArgs, BatchSampler, evaluate, count_bad_step, budget_steps
+from .checkpoint import (CheckpointError, RESUME_FIELDS, latest_checkpoint, list_checkpoints, make_tmp_dir,
+                                        checkpoint_files, hash_files, write_manifest, read_manifest, verify_checkpoint,
+                                        read_trainer_state, resume_latest, clean_incomplete, check_writable)
+from .loop import (TrainArgs, BatchSampler, evaluate, count_bad_step, budget_steps, fetch_batch, resume_state,
+                                  StopOnSignal, TrainingInterrupted)
+from .monitor import step_metrics, memory_stats
 
 # %% auto #0
 __all__ = ['default_zero_stage', 'make_ds_config', 'init_distributed', 'zero3_init', 'safe_torch_load', 'fit_deepspeed',
@@ -102,12 +107,32 @@ def safe_torch_load():
 def _barrier():
     if torch.distributed.is_initialized(): torch.distributed.barrier()
 
-def _save_ds_checkpoint(engine, ck_dir: Path, state: dict, sampler, tokenizer, keep_last: int, rank: int, extra: dict):
-    step = state['step']
-    final, tmp = ck_dir / f"step-{step:06d}", ck_dir / f".tmp-step-{step:06d}"
+def _gather(obj, world: int) -> list:
+    "`obj` of every rank (all_gather_object), in rank order."
+    if not torch.distributed.is_initialized() or world == 1: return [obj]
+    out = [None] * world; torch.distributed.all_gather_object(out, obj); return out
+
+def _bcast(obj):
+    "Rank 0's `obj` on every rank."
+    box = [obj]
+    if torch.distributed.is_initialized(): torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+def _on_rank0(fn, rank: int):
+    "Run `fn()` on rank 0 only; if it fails, every rank raises (nobody is left waiting at a barrier for it)."
+    err = None
     if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
-    _barrier()
+        try: fn()
+        except Exception as e: err = e
+    msg = _bcast(None if err is None else (type(err).__name__, str(err)))
+    if err is not None: raise err
+    if msg is not None: raise (CheckpointError if msg[0] == 'CheckpointError' else ValueError)(msg[1])
+
+def _save_ds_checkpoint(engine, ck_dir: Path, state: dict, sampler, tokenizer, keep_last: int, rank: int, extra: dict,
+                        world: int = 1):
+    step = state['step']
+    final = ck_dir / f"step-{step:06d}"
+    tmp = Path(_bcast(str(make_tmp_dir(ck_dir, step)) if rank == 0 else None))
     engine.save_checkpoint(str(tmp), tag='ds', save_latest=False)
     torch.save({'torch': torch.get_rng_state(),
                 'cuda': torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.empty(0, dtype=torch.uint8)},
@@ -118,6 +143,11 @@ def _save_ds_checkpoint(engine, ck_dir: Path, state: dict, sampler, tokenizer, k
         if tokenizer is not None: tokenizer.save_pretrained(tmp)
         st = {**{k: v for k, v in state.items()}, 'sampler': sampler.state(), **extra}
         (tmp / 'trainer_state.json').write_text(json.dumps(st, indent=1, default=str))
+    _barrier()
+    files = _bcast(checkpoint_files(tmp) if rank == 0 else None)
+    hashes = _gather(hash_files(tmp, files[rank::world]), world)      # every rank hashes its share
+    if rank == 0:
+        write_manifest(tmp, {k: v for h in hashes for k, v in h.items()})
         if final.exists(): shutil.rmtree(final)
         os.replace(tmp, final)
         if keep_last:
@@ -125,34 +155,46 @@ def _save_ds_checkpoint(engine, ck_dir: Path, state: dict, sampler, tokenizer, k
     _barrier()
     return final
 
+def _verify_shared(ck: Path, rank: int, world: int):
+    "Each rank checks its share of the manifest's files; all ranks raise the same first error."
+    err, man = None, None
+    try:
+        man = read_manifest(ck)
+        if man is not None: verify_checkpoint(ck, sorted(man)[rank::world], warn=False)
+    except CheckpointError as e: err = str(e)
+    errs = [e for e in _gather(err, world) if e]
+    if errs: raise CheckpointError(errs[0])
+    if man is None and rank == 0: warnings.warn(f"checkpoint {ck} has no manifest.json (written by an older version): its files are not verified")
+
 def _load_ds_checkpoint(engine, ck: Path, rank: int, world: int) -> dict:
     ck = Path(ck)
     if not (ck / 'trainer_state.json').exists():
         raise CheckpointError(f"{ck} is not a complete checkpoint directory (no trainer_state.json)")
-    try: st = json.loads((ck / 'trainer_state.json').read_text())
-    except json.JSONDecodeError as e: raise CheckpointError(f"corrupt {ck / 'trainer_state.json'}: {e}") from e
-    if st.get('world_size') != world:
-        raise CheckpointError(f"{ck} was written by {st.get('world_size')} processes, this run has {world}: convert it "
+    _verify_shared(ck, rank, world)
+    st = read_trainer_state(ck, {**RESUME_FIELDS, 'world_size': int})
+    if st['world_size'] != world:
+        raise CheckpointError(f"{ck} was written by {st['world_size']} processes, this run has {world}: convert it "
                               f"with ds_checkpoint_to_hf and start a new run from the weights")
+    ds = ck / 'ds'
+    if not ds.is_dir() or not any(ds.glob('*model_states.pt')):
+        raise CheckpointError(f"{ck}: no DeepSpeed model-state file (ds/*model_states.pt) in {ds}")
     with safe_torch_load():
-        path, _ = engine.load_checkpoint(str(ck), tag='ds', load_module_strict=True, load_optimizer_states=True,
-                                         load_lr_scheduler_states=False)
-        if path is None: raise CheckpointError(f"DeepSpeed found no checkpoint under {ck / 'ds'}")
+        try:
+            path, _ = engine.load_checkpoint(str(ck), tag='ds', load_module_strict=True, load_optimizer_states=True,
+                                             load_lr_scheduler_states=False)
+        except AssertionError as e:               # DeepSpeed asserts that its files exist
+            raise CheckpointError(f"DeepSpeed cannot load the checkpoint in {ds}: {e or 'a file it needs is missing'}") from e
+        if path is None: raise CheckpointError(f"DeepSpeed found no checkpoint under {ds}")
         rng = torch.load(ck / f"rng-rank{rank:03d}.pt", map_location='cpu')
     torch.set_rng_state(rng['torch'])
     if torch.cuda.is_available() and rng['cuda'].numel(): torch.cuda.set_rng_state(rng['cuda'])
     return st
 
 # %% ../../nbs/23_train.deepspeed.ipynb #a28050c8
-def _close_bad_window(engine, ids_prev):
-    "Close an accumulation window that a NaN interrupted after some backward passes, leaving no trace of it."
-    # ZeRO keeps half-accumulated gradients in private, stage-specific buffers, so rather than poking at them we end
-    # the window the normal way: a boundary backward of a finite batch scaled by 0 (exactly zero gradients), then a
-    # step with LR 0 (AdamW: p * (1 - 0 * wd) + 0 * update = p, bit for bit), then the optimiser's moments and step
-    # counts are rolled back from a snapshot taken just before. Costs one forward/backward and a copy of this
-    # rank's optimiser state, and only on the rare bad step.
-    engine.set_gradient_accumulation_boundary(True)
-    engine.backward(engine(ids_prev, labels=ids_prev, use_cache=False).loss * 0.0)
+def _null_step(engine):
+    "An optimiser step that changes nothing: LR 0, then the optimiser's moments and step counts rolled back."
+    # AdamW with LR 0: p * (1 - 0 * wd) - 0 * update = p, bit for bit, as long as the gradients in DeepSpeed's buffers
+    # are finite (`_guard_grads` sees to that). Costs a copy of this rank's optimiser state, only on a bad step.
     base = getattr(engine.optimizer, 'optimizer', engine.optimizer)      # ZeRO wraps the torch optimiser
     saved = {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()} for p, st in base.state.items()}
     lrs = [g['lr'] for g in engine.optimizer.param_groups]
@@ -165,6 +207,29 @@ def _close_bad_window(engine, ids_prev):
             else: base.state[p][k] = v
     for g, lr in zip(engine.optimizer.param_groups, lrs): g['lr'] = lr
 
+def _close_bad_window(engine, ids_prev):
+    "Close an accumulation window that a NaN interrupted after some backward passes, leaving no trace of it."
+    # ZeRO keeps half-accumulated gradients in private, stage-specific buffers, so rather than poking at them we end
+    # the window the normal way: a boundary backward of a finite batch scaled by 0 (exactly zero gradients), then a
+    # `_null_step`. Costs one forward/backward, and only on the rare bad step.
+    engine.set_gradient_accumulation_boundary(True)
+    engine.backward(engine(ids_prev, labels=ids_prev, use_cache=False).loss * 0.0)
+    _null_step(engine)
+
+def _guard_grads(module, flags: list) -> list:
+    "Tensor hooks on every trainable parameter: note whether each incoming gradient is finite, and pass a non-finite one on as zeros."
+    def hook(g):
+        ok = torch.isfinite(g).all()
+        flags.append(ok)
+        return torch.where(ok, g, torch.zeros((), dtype=g.dtype, device=g.device))
+    return [p.register_hook(hook) for p in module.parameters() if p.requires_grad]
+
+def _agree_signal(signum, dev) -> int:
+    "The largest signal number any rank has received (0: none), so that all ranks stop after the same step."
+    t = torch.tensor([float(signum or 0)], device=dev)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return int(t.item())
+
 def _grad_norm(engine) -> float:
     g = engine.get_global_grad_norm()
     if g is None: return float('nan')
@@ -174,6 +239,8 @@ def fit_deepspeed(model, train_data, val_data=None, args: TrainArgs | None = Non
                   offload: bool = False, tokenizer=None, on_log=None, ds_overrides: dict | None = None) -> dict:
     "Data-parallel `fit` under DeepSpeed ZeRO `zero_stage`, one process per device; returns the same state dict as `fit`."
     args = args or TrainArgs()
+    if not isinstance(args, TrainArgs): raise TypeError(f"args must be a TrainArgs, got {type(args).__name__}")
+    if val_data is not None and len(val_data) == 0: raise ValueError("val_data has no rows: pass val_data=None for no held-out loss")
     rank, world, dev = init_distributed()
     import deepspeed
     dist = torch.distributed
@@ -193,99 +260,139 @@ def fit_deepspeed(model, train_data, val_data=None, args: TrainArgs | None = Non
     else:
         opt = make_optimizer(model, lr=args.lr, weight_decay=args.weight_decay)
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
+    mcfg = getattr(engine.module, 'config', None)
+    vocab = getattr(mcfg, 'vocab_size', None)
     mb, gas = args.micro_batch, args.grad_accum
     sampler = BatchSampler(len(train_data), mb * world, seed=args.seed)
-    state = {'step': 0, 'history': [], 'evals': [], 'bad_steps': 0, 'tokens': 0, 'max_steps': args.max_steps,
-             'args': dataclasses.asdict(args)}
+    state = {'step': 0, 'history': [], 'evals': [], 'bad_steps': 0, 'bad_loss_steps': 0, 'bad_grad_steps': 0, 'tokens': 0,
+             'max_steps': args.max_steps, 'args': dataclasses.asdict(args)}
     extra = {'world_size': world, 'zero_stage': zero_stage, 'ds_config': cfg}
     ck_dir = Path(args.out_dir) / 'checkpoints' if args.out_dir else None
-    ck = latest_checkpoint(ck_dir) if args.resume == 'auto' else (Path(args.resume) if args.resume else None)
+    if ck_dir is not None: _on_rank0(lambda: (check_writable(ck_dir), clean_incomplete(ck_dir, log=tqdm.write)), rank)
+    load = lambda c: _load_ds_checkpoint(engine, c, rank, world)
+    if args.resume == 'auto': ck, st = resume_latest(ck_dir, load, warn=rank == 0)
+    elif args.resume: ck = Path(args.resume); st = load(ck)
+    else: ck = st = None
     if ck is not None:
-        st = _load_ds_checkpoint(engine, ck, rank, world)
         sampler.load_state(st['sampler'])
-        state.update({k: st[k] for k in ('step', 'history', 'evals', 'bad_steps', 'tokens', 'max_steps')})
+        resume_state(state, st, args, ck, log=tqdm.write if rank == 0 else None)
     total = state['max_steps']
     engine.train()
-    bar = tqdm(total=total, initial=state['step'], disable=not args.progress or rank != 0, desc=f'train x{world}',
+    bar = tqdm(total=total, initial=min(state['step'], total), disable=not args.progress or rank != 0, desc=f'train x{world}',
                dynamic_ncols=True)
-    bad_in_row, t_run = 0, time.time()
+    run, t_run, saved_at = Counter(), time.time(), (state['step'] if ck is not None else None)
+    log0 = on_log if rank == 0 else None
 
     def run_eval():
         if val_data is None: return
         vl = evaluate(engine, val_data, mb, args.eval_batches)     # every rank runs the same batches (ZeRO-3 needs all)
         state['evals'].append({'step': state['step'], 'val_loss': vl, 'val_ppl': math.exp(min(vl, 50))})
-        if on_log is not None and rank == 0: on_log({'step': state['step'], 'val_loss': vl, 'val_ppl': state['evals'][-1]['val_ppl']})
+        if log0 is not None: log0({'step': state['step'], 'val_loss': vl, 'val_ppl': state['evals'][-1]['val_ppl']})
 
     def checkpoint():
-        if ck_dir is not None: _save_ds_checkpoint(engine, ck_dir, state, sampler, tokenizer, args.keep_last, rank, extra)
+        nonlocal saved_at
+        if ck_dir is None: return None
+        saved_at = state['step']
+        return _save_ds_checkpoint(engine, ck_dir, state, sampler, tokenizer, args.keep_last, rank, extra, world)
 
-    while state['step'] < total:
-        t0 = time.time()
-        lr = lr_at(state['step'], args.lr, args.warmup, total, args.min_lr_ratio)
-        for g in engine.optimizer.param_groups: g['lr'] = lr
-        loss_sum, finite, ids_prev = 0.0, True, None
-        for k in range(gas):
-            idx = sampler.next_indices()[rank * mb:(rank + 1) * mb]
-            ids = torch.stack([train_data[int(i)] for i in idx]).to(dev)
-            engine.set_gradient_accumulation_boundary(k == gas - 1)
-            loss = engine(ids, labels=ids, use_cache=False).loss
-            gl = loss.detach().float().clone(); dist.all_reduce(gl); gl /= world
-            if not torch.isfinite(gl): finite = False; break
-            engine.backward(loss); ids_prev = ids
-            loss_sum += gl.item() / gas
-            state['tokens'] += ids.numel() * world
-        if not finite:
-            if ids_prev is not None: _close_bad_window(engine, ids_prev)
-            bad_in_row = count_bad_step(state, bad_in_row, args, bar)
-            continue
-        bad_in_row = 0
-        if not engine.zero_optimization():      # stage 0: DeepSpeed clips but does not report the norm
-            gnorm = torch.linalg.vector_norm(torch.stack([p.grad.float().norm() for p in engine.module.parameters()
-                                                          if p.grad is not None])).item()
-            engine.step()
-        else:
-            engine.step(); gnorm = _grad_norm(engine)
-        state['step'] += 1
-        dt = time.time() - t0
-        rec = {'step': state['step'], 'loss': loss_sum, 'lr': lr, 'grad_norm': gnorm, 'dt': dt,
-               'tok_s': mb * gas * world * ids.shape[1] / dt, 'tok_s_per_gpu': mb * gas * ids.shape[1] / dt,
-               'time': time.time() - t_run, 'world_size': world}
-        state['history'].append(rec)
-        if on_log is not None and rank == 0: on_log(rec)
-        bar.update(1); bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.1e}")
-        if args.time_budget_s and state['step'] >= 3 and ck is None:
-            # re-planned every step at the recent rate (first steps autotune kernels); all ranks agree on the minimum
-            dts = [h['dt'] for h in state['history'][-5:] if 'dt' in h] or [time.time() - t0]
-            fit_steps = torch.tensor([budget_steps(state['step'], time.time() - t_run, dts, args.time_budget_s,
-                                                   1.15 if val_data is not None else 1.0)], device=dev)
-            dist.all_reduce(fit_steps, op=dist.ReduceOp.MIN)
-            if int(fit_steps) < total:
-                if rank == 0 and (state['step'] == 3 or int(fit_steps) < 0.95 * total):
-                    tqdm.write(f"time budget {args.time_budget_s:.0f}s at {sorted(dts)[len(dts) // 2]:.2f}s/step: max_steps -> {int(fit_steps)}")
-                total = state['max_steps'] = int(fit_steps); bar.total = total; bar.refresh()
-        if args.eval_every and state['step'] % args.eval_every == 0: run_eval()
-        if args.save_every and state['step'] % args.save_every == 0: checkpoint()
-    if not state['evals'] or state['evals'][-1]['step'] != state['step']: run_eval()
-    if ck_dir is not None and (not args.save_every or state['step'] % args.save_every): checkpoint()
+    flags = []
+    hooks = _guard_grads(engine.module, flags)
+    try:
+        with StopOnSignal(verbose=rank == 0) as stop:
+            while state['step'] < total:
+                stop_sig = _agree_signal(stop.signum, dev)
+                if stop_sig:                                # agreed by all ranks: finish here, save, leave
+                    path = (ck_dir / f"step-{state['step']:06d}" if saved_at == state['step'] else checkpoint()) if ck_dir else None
+                    bar.close()
+                    raise TrainingInterrupted(stop_sig, state['step'], path, state)
+                t0 = time.time()
+                lr = lr_at(state['step'], args.lr, args.warmup, total, args.min_lr_ratio)
+                for g in engine.optimizer.param_groups: g['lr'] = lr
+                loss_sum, finite, ids_prev = 0.0, True, None
+                for k in range(gas):
+                    idx = sampler.next_indices()[rank * mb:(rank + 1) * mb]
+                    ids = fetch_batch(train_data, idx, vocab).to(dev)
+                    engine.set_gradient_accumulation_boundary(k == gas - 1)
+                    loss = engine(ids, labels=ids, use_cache=False).loss
+                    gl = loss.detach().float().clone(); dist.all_reduce(gl); gl /= world
+                    if not torch.isfinite(gl): finite = False; break
+                    engine.backward(loss); ids_prev = ids
+                    loss_sum += gl.item() / gas
+                    state['tokens'] += ids.numel() * world
+                # one all-reduce (max) per step: any rank's non-finite gradient, peak memory
+                grad_bad = bool(flags) and not bool(torch.stack(flags).all()); flags.clear()
+                mem = memory_stats(dev)
+                agg = torch.tensor([float(grad_bad), 0.0, mem['mem_rss_gb'], mem.get('cuda_max_alloc_gb', 0.0)],
+                                   dtype=torch.float64, device=dev)
+                dist.all_reduce(agg, op=dist.ReduceOp.MAX)
+                if not finite:
+                    if ids_prev is not None: _close_bad_window(engine, ids_prev)
+                    flags.clear()
+                    run = count_bad_step(state, run, args, bar, 'loss', log0, verbose=rank == 0)
+                    continue
+                if agg[0] > 0:                              # the gradients were zeroed on the way in; drop the window
+                    _null_step(engine); flags.clear()
+                    run = count_bad_step(state, run, args, bar, 'grad', log0, verbose=rank == 0, loss=loss_sum, grad_norm=float('nan'))
+                    continue
+                run = Counter()
+                if not engine.zero_optimization():      # stage 0: DeepSpeed clips but does not report the norm
+                    gnorm = torch.linalg.vector_norm(torch.stack([p.grad.float().norm() for p in engine.module.parameters()
+                                                                  if p.grad is not None])).item()
+                    engine.step()
+                else:
+                    engine.step(); gnorm = _grad_norm(engine)
+                state['step'] += 1
+                dt = time.time() - t0
+                tok_gpu = mb * gas * ids.shape[1] / dt
+                metrics = step_metrics(mcfg, ids.shape[1], tok_gpu, dev, args.peak_tflops)
+                metrics['mem_rss_gb'] = float(agg[2])                                  # max over ranks
+                if 'cuda_max_alloc_gb' in metrics: metrics['cuda_max_alloc_gb'] = float(agg[3])
+                rec = {'step': state['step'], 'loss': loss_sum, 'lr': lr, 'grad_norm': gnorm, 'dt': dt,
+                       'tok_s': tok_gpu * world, 'tok_s_per_gpu': tok_gpu, 'time': time.time() - t_run, 'world_size': world, **metrics}
+                state['history'].append(rec)
+                if log0 is not None: log0(rec)
+                bar.update(1); bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.1e}")
+                if args.time_budget_s and state['step'] >= 3 and ck is None:
+                    # re-planned every step at the recent rate (first steps autotune kernels); all ranks agree on the minimum
+                    dts = [h['dt'] for h in state['history'][-5:] if 'dt' in h] or [time.time() - t0]
+                    fit_steps = torch.tensor([budget_steps(state['step'], time.time() - t_run, dts, args.time_budget_s,
+                                                           1.15 if val_data is not None else 1.0)], device=dev)
+                    dist.all_reduce(fit_steps, op=dist.ReduceOp.MIN)
+                    if int(fit_steps) < total:
+                        if rank == 0 and (state['step'] == 3 or int(fit_steps) < 0.95 * total):
+                            tqdm.write(f"time budget {args.time_budget_s:.0f}s at {sorted(dts)[len(dts) // 2]:.2f}s/step: max_steps -> {int(fit_steps)}")
+                        total = state['max_steps'] = int(fit_steps); bar.total = total; bar.refresh()
+                if args.eval_every and state['step'] % args.eval_every == 0: run_eval()
+                if args.save_every and state['step'] % args.save_every == 0: checkpoint()
+            if not state['evals'] or state['evals'][-1]['step'] != state['step']: run_eval()
+            if ck_dir is not None and saved_at != state['step']: checkpoint()
+    finally:
+        for h in hooks: h.remove()
     bar.close()
     state['engine'] = engine
     return state
 
 # %% ../../nbs/23_train.deepspeed.ipynb #9613982e
 def ds_checkpoint_to_hf(ck, out_dir, dtype=torch.float32) -> Path:
-    "Convert a `step-NNNNNN` DeepSpeed checkpoint directory into a plain HF `save_pretrained` directory."
+    "Convert a `step-NNNNNN` DeepSpeed checkpoint directory (verified against its manifest) into a plain HF `save_pretrained` directory."
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     import hybridslm.model  # noqa: F401  (registers the model type)
     ck, out_dir = Path(ck), Path(out_dir)
-    st_path = ck / 'trainer_state.json'
-    if not st_path.exists(): raise CheckpointError(f"{ck} is not a complete checkpoint directory (no trainer_state.json)")
-    stage = json.loads(st_path.read_text()).get('zero_stage')
+    if not (ck / 'trainer_state.json').exists(): raise CheckpointError(f"{ck} is not a complete checkpoint directory (no trainer_state.json)")
+    verify_checkpoint(ck)
+    stage = read_trainer_state(ck, {'zero_stage': int})['zero_stage']
     with safe_torch_load():
         if stage == 0:
-            sd = torch.load(ck / 'ds' / 'mp_rank_00_model_states.pt', map_location='cpu')['module']
+            f = ck / 'ds' / 'mp_rank_00_model_states.pt'
+            sd = torch.load(f, map_location='cpu')
+            if not isinstance(sd, dict) or not isinstance(sd.get('module'), dict): raise CheckpointError(f"{f}: no 'module' state dict in it")
+            sd = sd['module']
         else:
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-            sd = get_fp32_state_dict_from_zero_checkpoint(str(ck), tag='ds')
+            try: sd = get_fp32_state_dict_from_zero_checkpoint(str(ck), tag='ds')
+            except CheckpointError: raise
+            except Exception as e:
+                raise CheckpointError(f"cannot assemble the ZeRO-{stage} weights in {ck / 'ds'}: {type(e).__name__}: {str(e)[:300]}") from e
     cfg = AutoConfig.from_pretrained(ck)
     model = AutoModelForCausalLM.from_config(cfg)
     missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=False)

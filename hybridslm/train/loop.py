@@ -4,27 +4,36 @@
 
 # %% ../../nbs/22_train.loop.ipynb #73f1d810
 from __future__ import annotations
-import math, time, json, dataclasses
+import math, numbers, os, signal, threading, time, json, dataclasses, warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 from .optim import lr_at, make_optimizer
-from .checkpoint import save_checkpoint, load_checkpoint, latest_checkpoint
+from .checkpoint import (save_checkpoint, load_checkpoint, latest_checkpoint, resume_latest, clean_incomplete,
+                                        check_writable, CheckpointError, RESUME_FIELDS)
+from .monitor import step_metrics
 from ..model import compile_blocks, uncompile_blocks
 
 # %% auto #0
-__all__ = ['TokenSequences', 'BatchSampler', 'TrainArgs', 'evaluate', 'unigram_loss', 'budget_steps', 'count_bad_step', 'fit']
+__all__ = ['RESUME_WARN_FIELDS', 'TokenSequences', 'BatchSampler', 'fetch_batch', 'TrainArgs', 'evaluate', 'unigram_loss',
+           'budget_steps', 'count_bad_step', 'TrainingInterrupted', 'StopOnSignal', 'resume_state', 'fit']
 
 # %% ../../nbs/22_train.loop.ipynb #9ceabd8e
 class TokenSequences(Dataset):
     "Non-overlapping rows of `seq_len` tokens from a 1-D token array (the tail that doesn't fill a row is dropped)."
     def __init__(self, tokens, seq_len: int):
-        tokens = torch.as_tensor(np.asarray(tokens), dtype=torch.long)
-        if tokens.ndim != 1: raise ValueError(f"tokens must be 1-D, got shape {tuple(tokens.shape)}")
+        if not isinstance(seq_len, numbers.Integral) or isinstance(seq_len, bool) or seq_len < 2:
+            raise ValueError(f"seq_len must be an integer >= 2 (a row predicts its last seq_len - 1 tokens), got {seq_len!r}")
+        arr = np.asarray(tokens)
+        if arr.dtype.kind not in 'iu': raise ValueError(f"tokens must be integers, got dtype {arr.dtype}")
+        if arr.ndim != 1: raise ValueError(f"tokens must be 1-D, got shape {tuple(arr.shape)}")
+        if len(arr) and arr.min() < 0: raise ValueError(f"tokens must be >= 0, got {int(arr.min())}")
+        tokens = torch.as_tensor(arr, dtype=torch.long)
         if len(tokens) < seq_len: raise ValueError(f"only {len(tokens)} tokens, fewer than one sequence of seq_len={seq_len}")
-        self.seq_len, n = seq_len, len(tokens) // seq_len
+        self.seq_len, n = int(seq_len), len(tokens) // seq_len
         self.rows = tokens[:n * seq_len].view(n, seq_len)
     def __len__(self): return len(self.rows)
     def __getitem__(self, i): return self.rows[i]
@@ -44,6 +53,21 @@ class BatchSampler:
     def state(self): return {'epoch': self.epoch, 'pos': self.pos}
     def load_state(self, s): self.epoch, self.pos = s['epoch'], s['pos']; self._perm = self._make_perm()
 
+def fetch_batch(data, idx, vocab_size: int | None = None) -> torch.Tensor:
+    "Rows `idx` of `data` stacked into a LongTensor[B, L]; a ValueError naming the row for a ragged, non-integer or out-of-vocabulary row."
+    rows = [data[int(i)] for i in idx]
+    rows = [torch.from_numpy(r) if isinstance(r, np.ndarray) else r for r in rows]
+    for i, r in zip(idx, rows):
+        if not torch.is_tensor(r) or r.ndim != 1 or r.dtype.is_floating_point or r.dtype == torch.bool or r.shape != rows[0].shape:
+            raise ValueError(f"row {int(i)} of the dataset must be a 1-D integer tensor of the same length as the others, got "
+                             f"{type(r).__name__} {getattr(r, 'dtype', '')} shape {tuple(getattr(r, 'shape', ()))}")
+    ids = torch.stack(rows).long()
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or (vocab_size is not None and hi >= vocab_size):
+        bad = int(idx[int((ids.lt(0) | ids.ge(vocab_size or 2 ** 62)).any(1).nonzero()[0])])
+        raise ValueError(f"row {bad} of the dataset holds token id {lo if lo < 0 else hi}, outside the model's vocabulary [0, {vocab_size})")
+    return ids
+
 # %% ../../nbs/22_train.loop.ipynb #2ec1bb81
 @dataclass
 class TrainArgs:
@@ -54,34 +78,49 @@ class TrainArgs:
     warmup: int = 2000
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0           # math.inf: no clipping (the norm is still computed and guarded)
     precision: str = 'auto'          # 'auto' (bf16 autocast on CUDA, fp32 on CPU), 'bf16', 'fp32'
     grad_checkpointing: bool = False
     compile: bool = False            # `compile_blocks`: each block, the final norm and the loss through torch.compile
     eval_every: int = 100
     eval_batches: int = 20
     save_every: int = 0              # 0: only at the end
-    keep_last: int = 3
+    keep_last: int = 3               # 0: keep every checkpoint
     log_every: int = 1
-    max_bad_steps: int = 10          # abort after this many non-finite losses in a row
+    max_bad_steps: int = 10          # abort after this many skipped steps in a row (non-finite loss or gradient norm)
     time_budget_s: float | None = None   # shrink max_steps to fit, planned after the first steps
     seed: int = 0
     out_dir: str | None = None
-    resume: str | None = None        # None, 'auto' (newest in out_dir/checkpoints) or a checkpoint path
+    resume: str | None = None        # None, 'auto' (newest loadable in out_dir/checkpoints) or a checkpoint path
     progress: bool = True
+    peak_tflops: float | None = None     # peak TFLOP/s of one device, for MFU where the device isn't known (CPUs)
 
     def __post_init__(self):
+        def bad(f, want): raise ValueError(f"TrainArgs.{f} must be {want}, got {getattr(self, f)!r}")
+        def is_int(v): return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+        def is_num(v): return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
         for f in ('max_steps', 'micro_batch', 'grad_accum', 'eval_batches', 'log_every', 'max_bad_steps'):
-            v = getattr(self, f)
-            if not isinstance(v, int) or v <= 0: raise ValueError(f"TrainArgs.{f} must be a positive integer, got {v!r}")
+            if not is_int(getattr(self, f)) or getattr(self, f) <= 0: bad(f, 'a positive integer')
         for f in ('warmup', 'eval_every', 'save_every', 'keep_last'):
-            if getattr(self, f) < 0: raise ValueError(f"TrainArgs.{f} must be >= 0, got {getattr(self, f)!r}")
-        if not self.lr > 0: raise ValueError(f"TrainArgs.lr must be > 0, got {self.lr!r}")
-        if not 0 <= self.min_lr_ratio <= 1: raise ValueError(f"TrainArgs.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
-        if self.precision not in ('auto', 'bf16', 'fp32'):
-            raise ValueError(f"TrainArgs.precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
-        if self.resume is not None and self.resume != 'auto' and not Path(self.resume).is_dir():
-            raise ValueError(f"TrainArgs.resume={self.resume!r} is neither 'auto' nor an existing checkpoint directory")
+            if not is_int(getattr(self, f)) or getattr(self, f) < 0: bad(f, 'an integer >= 0')
+        if not is_int(self.seed) or not 0 <= self.seed < 2 ** 63: bad('seed', 'an integer in [0, 2**63)')
+        if not is_num(self.lr) or self.lr <= 0: bad('lr', 'a finite number > 0')
+        if not is_num(self.min_lr_ratio) or not 0 <= self.min_lr_ratio <= 1: bad('min_lr_ratio', 'a number in [0, 1]')
+        if not is_num(self.weight_decay) or self.weight_decay < 0: bad('weight_decay', 'a finite number >= 0')
+        if not (is_num(self.grad_clip) or self.grad_clip == math.inf) or isinstance(self.grad_clip, bool) or self.grad_clip <= 0:
+            bad('grad_clip', 'a number > 0 (math.inf for no clipping)')
+        for f in ('time_budget_s', 'peak_tflops'):
+            v = getattr(self, f)
+            if v is not None and (not is_num(v) or v <= 0): bad(f, 'None or a finite number > 0')
+        for f in ('grad_checkpointing', 'compile', 'progress'):
+            if not isinstance(getattr(self, f), bool): bad(f, 'True or False')
+        if self.precision not in ('auto', 'bf16', 'fp32'): bad('precision', "'auto', 'bf16' or 'fp32'")
+        if self.out_dir is not None and (not isinstance(self.out_dir, (str, os.PathLike)) or not str(self.out_dir).strip()):
+            bad('out_dir', 'None or a directory path')
+        if self.resume is not None:
+            if not isinstance(self.resume, (str, os.PathLike)): bad('resume', "None, 'auto' or a checkpoint directory")
+            if self.resume != 'auto' and not Path(self.resume).is_dir():
+                raise ValueError(f"TrainArgs.resume={self.resume!r} is neither 'auto' nor an existing checkpoint directory")
         if (self.save_every or self.resume) and not self.out_dir:
             raise ValueError("TrainArgs.out_dir is required for checkpointing/resume")
 
@@ -89,11 +128,13 @@ class TrainArgs:
 @torch.no_grad()
 def evaluate(model, dataset, batch_size: int = 8, max_batches: int | None = None, autocast_dtype=None) -> float:
     "Mean next-token cross-entropy (nats) over the dataset's rows in order."
+    if len(dataset) == 0: raise ValueError("evaluate: the dataset has no rows")
     was_training = model.training; model.eval()
     dev, total, count = next(model.parameters()).device, 0.0, 0
+    vocab = getattr(getattr(getattr(model, 'module', model), 'config', None), 'vocab_size', None)
     n = len(dataset) if max_batches is None else min(len(dataset), max_batches * batch_size)
     for i in range(0, n, batch_size):
-        ids = torch.stack([dataset[j] for j in range(i, min(i + batch_size, n))]).to(dev)
+        ids = fetch_batch(dataset, range(i, min(i + batch_size, n)), vocab).to(dev)
         with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             loss = model(ids, labels=ids, use_cache=False).loss
         k = ids.numel() - ids.shape[0]
@@ -120,37 +161,104 @@ def _autocast_dtype(args: TrainArgs, device) -> torch.dtype | None:
     if args.precision == 'bf16' or (args.precision == 'auto' and device.type == 'cuda'): return torch.bfloat16
     return None
 
-def count_bad_step(state: dict, bad_in_row: int, args: TrainArgs, bar=None) -> int:
-    "Count a skipped non-finite step; after `args.max_bad_steps` in a row abort with a clear error. Returns the new run length."
-    state['bad_steps'] += 1; bad_in_row += 1
-    if bad_in_row >= args.max_bad_steps:
-        if bar is not None: bar.close()
-        raise FloatingPointError(f"{bad_in_row} non-finite losses in a row at step {state['step']}: aborting "
-                                 f"(lower the LR, check the data, or use fp32/bf16 with SSM params in fp32)")
-    return bad_in_row
+_CAUSE = {'loss': 'non-finite loss', 'grad': 'non-finite gradient norm'}
 
+def count_bad_step(state: dict, run: Counter, args: TrainArgs, bar=None, cause: str = 'loss', on_log=None,
+                   verbose: bool = True, **rec) -> Counter:
+    "Count a skipped step (`cause` 'loss' or 'grad'), log it; after `args.max_bad_steps` in a row abort naming the cause. Returns the run of bad steps (reset it to `Counter()` after a good step)."
+    state['bad_steps'] += 1; state[f'bad_{cause}_steps'] = state.get(f'bad_{cause}_steps', 0) + 1
+    run = run + Counter({cause: 1})
+    if on_log is not None: on_log({'step': state['step'] + 1, 'skipped': 1, f'nonfinite_{cause}': 1, 'bad_steps': state['bad_steps'], **rec})
+    if verbose: tqdm.write(f"step {state['step'] + 1}: {_CAUSE[cause]}, step skipped ({state['bad_steps']} skipped in this run)")
+    n = sum(run.values())
+    if n >= args.max_bad_steps:
+        if bar is not None: bar.close()
+        what = ' and '.join(f"{k} with {_CAUSE[c]}" for c, k in run.items())
+        raise FloatingPointError(f"{n} consecutive steps skipped at step {state['step']} ({what}; max_bad_steps={args.max_bad_steps}): "
+                                 f"aborting (lower the LR, check the data, or use fp32/bf16 with SSM params in fp32)")
+    return run
+
+# %% ../../nbs/22_train.loop.ipynb #4ae4047a
+class TrainingInterrupted(SystemExit):
+    "Raised by `fit` / `fit_deepspeed` after SIGTERM or SIGINT, once the step in flight is finished and checkpointed; exit status 128 + signal."
+    def __init__(self, signum: int, step: int, checkpoint=None, state: dict | None = None):
+        super().__init__(128 + signum)
+        self.signum, self.step, self.checkpoint, self.state = signum, step, checkpoint, state
+    def __str__(self):
+        return (f"{signal.Signals(self.signum).name} at step {self.step}: "
+                + (f"checkpoint {self.checkpoint}" if self.checkpoint else "no out_dir, nothing saved"))
+
+class StopOnSignal:
+    "Within the block SIGTERM/SIGINT only set `.signum` (main thread only; elsewhere a no-op); a second signal gets the previous handler."
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT), verbose: bool = True):
+        self.signals, self.verbose, self.signum, self._old = signals, verbose, None, {}
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in self.signals: self._old[s] = signal.signal(s, self._handle)
+        return self
+    def _restore(self):
+        for s, h in self._old.items(): signal.signal(s, h if h is not None else signal.SIG_DFL)
+    def _handle(self, signum, frame):
+        self.signum = signum
+        self._restore()
+        if self.verbose: tqdm.write(f"{signal.Signals(signum).name}: finishing this step, then saving a checkpoint (send it again to stop at once)")
+    def __exit__(self, *exc): self._restore(); self._old = {}
+
+# %% ../../nbs/22_train.loop.ipynb #adb1c624
+RESUME_WARN_FIELDS = ('micro_batch', 'grad_accum', 'lr', 'warmup', 'min_lr_ratio', 'weight_decay', 'grad_clip', 'seed', 'precision')
+
+def resume_state(state: dict, st: dict, args: TrainArgs, ck, log=None) -> None:
+    "Continue `state` from trainer state `st` of checkpoint `ck`; a changed `args.max_steps` wins (the cosine is re-planned over it); changed batch/LR settings warn."
+    state.update({k: st[k] for k in ('step', 'history', 'evals', 'bad_steps', 'tokens')})
+    for k in ('bad_loss_steps', 'bad_grad_steps'): state[k] = st.get(k, 0)
+    old = st.get('args') if isinstance(st.get('args'), dict) else {}
+    requested = old.get('max_steps', st['max_steps'])      # what that run asked for (st['max_steps'] may be a time budget's)
+    if args.max_steps != requested:
+        s = state['step']
+        before = lr_at(s, old.get('lr', args.lr), old.get('warmup', args.warmup), st['max_steps'], old.get('min_lr_ratio', args.min_lr_ratio))
+        state['max_steps'] = args.max_steps
+        after = lr_at(s, args.lr, args.warmup, args.max_steps, args.min_lr_ratio)
+        msg = (f"resuming {Path(ck).name} with max_steps {st['max_steps']} -> {args.max_steps}: the warmup+cosine schedule is "
+               f"re-planned over the new total, so the LR at step {s} goes {before:.3g} -> {after:.3g}")
+        if args.max_steps <= s: msg += f" (the run is already at step {s}: nothing left to train)"
+        if log: log(msg)
+    else: state['max_steps'] = st['max_steps']
+    changed = {k: (old[k], getattr(args, k)) for k in RESUME_WARN_FIELDS if k in old and old[k] != getattr(args, k)}
+    if changed and log is not None:
+        warnings.warn(f"resuming {ck} with changed settings: " + ', '.join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+                      + " (the optimiser moments and data position were made with the old ones)", stacklevel=3)
+
+# %% ../../nbs/22_train.loop.ipynb #a63cc403
 def fit(model, train_data, val_data=None, args: TrainArgs | None = None, tokenizer=None, on_log=None) -> dict:
     "Train `model` on `train_data` (items: LongTensor[L]); returns `{'history': [...], 'evals': [...], ...}`."
     args = args or TrainArgs()
+    if not isinstance(args, TrainArgs): raise TypeError(f"args must be a TrainArgs, got {type(args).__name__}")
+    if val_data is not None and len(val_data) == 0: raise ValueError("val_data has no rows: pass val_data=None for no held-out loss")
     dev = next(model.parameters()).device
     amp = _autocast_dtype(args, dev)
+    cfg = getattr(model, 'config', None)
+    vocab = getattr(cfg, 'vocab_size', None)
     torch.manual_seed(args.seed)
     opt = make_optimizer(model, lr=args.lr, weight_decay=args.weight_decay)
     sampler = BatchSampler(len(train_data), args.micro_batch, seed=args.seed)
+    ck_dir = Path(args.out_dir) / 'checkpoints' if args.out_dir else None
+    if ck_dir is not None:                                 # fail now, not at the first save hours in
+        check_writable(ck_dir); clean_incomplete(ck_dir, log=tqdm.write)
+    state = {'step': 0, 'history': [], 'evals': [], 'bad_steps': 0, 'bad_loss_steps': 0, 'bad_grad_steps': 0, 'tokens': 0,
+             'max_steps': args.max_steps, 'args': dataclasses.asdict(args)}
+    load = lambda c: load_checkpoint(c, model, opt, required=RESUME_FIELDS)
+    if args.resume == 'auto': ck, st = resume_latest(ck_dir, load)
+    elif args.resume: ck = Path(args.resume); st = load(ck)
+    else: ck = st = None
+    if ck is not None:
+        sampler.load_state(st['sampler'])
+        resume_state(state, st, args, ck, log=tqdm.write)
     if args.grad_checkpointing: model.gradient_checkpointing_enable()
     if args.compile: compile_blocks(model)
-    state = {'step': 0, 'history': [], 'evals': [], 'bad_steps': 0, 'tokens': 0, 'max_steps': args.max_steps,
-             'args': dataclasses.asdict(args)}
-    ck_dir = Path(args.out_dir) / 'checkpoints' if args.out_dir else None
-    ck = latest_checkpoint(ck_dir) if args.resume == 'auto' else (Path(args.resume) if args.resume else None)
-    if ck is not None:
-        st = load_checkpoint(ck, model, opt)
-        sampler.load_state(st['sampler'])
-        state.update({k: st[k] for k in ('step', 'history', 'evals', 'bad_steps', 'tokens', 'max_steps')})
     total = state['max_steps']
     model.train()
-    bar = tqdm(total=total, initial=state['step'], disable=not args.progress, desc='train', dynamic_ncols=True)
-    bad_in_row, t_run = 0, time.time()
+    bar = tqdm(total=total, initial=min(state['step'], total), disable=not args.progress, desc='train', dynamic_ncols=True)
+    run, t_run, saved_at = Counter(), time.time(), (state['step'] if ck is not None else None)
 
     def run_eval():
         if val_data is None: return
@@ -159,49 +267,61 @@ def fit(model, train_data, val_data=None, args: TrainArgs | None = None, tokeniz
         bar.set_postfix(loss=f"{state['history'][-1]['loss']:.3f}" if state['history'] else '-', val=f"{vl:.3f}")
 
     def checkpoint():
-        if ck_dir is None: return
-        save_checkpoint(ck_dir, state['step'], model, opt, {**{k: v for k, v in state.items() if k != 'step'},
-                        'sampler': sampler.state()}, tokenizer, keep_last=args.keep_last)
+        nonlocal saved_at
+        if ck_dir is None: return None
+        saved_at = state['step']
+        return save_checkpoint(ck_dir, state['step'], model, opt, {**{k: v for k, v in state.items() if k != 'step'},
+                               'sampler': sampler.state()}, tokenizer, keep_last=args.keep_last)
 
-    while state['step'] < total:
-        t0 = time.time()
-        lr = lr_at(state['step'], args.lr, args.warmup, total, args.min_lr_ratio)
-        for g in opt.param_groups: g['lr'] = lr
-        loss_sum, finite = 0.0, True
-        for _ in range(args.grad_accum):
-            ids = torch.stack([train_data[int(i)] for i in sampler.next_indices()]).to(dev)
-            with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-                loss = model(ids, labels=ids, use_cache=False).loss
-            if not torch.isfinite(loss): finite = False; break
-            (loss / args.grad_accum).backward()
-            loss_sum += loss.item() / args.grad_accum
-            state['tokens'] += ids.numel()
-        if not finite:
-            opt.zero_grad(set_to_none=True)
-            bad_in_row = count_bad_step(state, bad_in_row, args, bar)
-            continue
-        bad_in_row = 0
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
-        opt.step(); opt.zero_grad(set_to_none=True)
-        state['step'] += 1
-        dt = time.time() - t0
-        rec = {'step': state['step'], 'loss': loss_sum, 'lr': lr, 'grad_norm': gnorm, 'dt': dt,
-               'tok_s': args.micro_batch * args.grad_accum * ids.shape[1] / dt, 'time': time.time() - t_run}
-        state['history'].append(rec)
-        if on_log is not None: on_log(rec)
-        bar.update(1); bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.1e}")
-        if args.time_budget_s and state['step'] >= 3 and ck is None:
-            # re-plan every step (a shared machine's speed drifts); only ever shrink
-            dts = [h['dt'] for h in state['history'][-5:] if 'dt' in h] or [dt]
-            fit_steps = budget_steps(state['step'], time.time() - t_run, dts, args.time_budget_s, 1.1 if val_data is not None else 1.0)
-            if fit_steps < total:
-                if state['step'] == 3 or fit_steps < 0.95 * total:
-                    tqdm.write(f"time budget {args.time_budget_s:.0f}s at {sorted(dts)[len(dts) // 2]:.2f}s/step: max_steps -> {fit_steps}")
-                total = state['max_steps'] = fit_steps; bar.total = total; bar.refresh()
-        if args.eval_every and state['step'] % args.eval_every == 0: run_eval()
-        if args.save_every and state['step'] % args.save_every == 0: checkpoint()
-    if not state['evals'] or state['evals'][-1]['step'] != state['step']: run_eval()
-    if ck_dir is not None and (not args.save_every or state['step'] % args.save_every): checkpoint()
+    with StopOnSignal() as stop:
+        while state['step'] < total:
+            if stop.signum is not None:                    # SIGTERM/SIGINT: the last step is done; save and leave
+                path = (ck_dir / f"step-{state['step']:06d}" if saved_at == state['step'] else checkpoint()) if ck_dir else None
+                bar.close()
+                raise TrainingInterrupted(stop.signum, state['step'], path, state)
+            t0 = time.time()
+            lr = lr_at(state['step'], args.lr, args.warmup, total, args.min_lr_ratio)
+            for g in opt.param_groups: g['lr'] = lr
+            loss_sum, finite = 0.0, True
+            for _ in range(args.grad_accum):
+                ids = fetch_batch(train_data, sampler.next_indices(), vocab).to(dev)
+                with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+                    loss = model(ids, labels=ids, use_cache=False).loss
+                if not torch.isfinite(loss): finite = False; break
+                (loss / args.grad_accum).backward()
+                loss_sum += loss.item() / args.grad_accum
+                state['tokens'] += ids.numel()
+            if not finite:
+                opt.zero_grad(set_to_none=True)
+                run = count_bad_step(state, run, args, bar, 'loss', on_log)
+                continue
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
+            if not math.isfinite(gnorm):                   # a finite loss can still back-propagate NaN/inf: never apply it
+                opt.zero_grad(set_to_none=True)
+                run = count_bad_step(state, run, args, bar, 'grad', on_log, loss=loss_sum, grad_norm=gnorm)
+                continue
+            run = Counter()
+            opt.step(); opt.zero_grad(set_to_none=True)
+            state['step'] += 1
+            dt = time.time() - t0
+            tok_s = args.micro_batch * args.grad_accum * ids.shape[1] / dt
+            rec = {'step': state['step'], 'loss': loss_sum, 'lr': lr, 'grad_norm': gnorm, 'dt': dt, 'tok_s': tok_s,
+                   'time': time.time() - t_run, **step_metrics(cfg, ids.shape[1], tok_s, dev, args.peak_tflops)}
+            state['history'].append(rec)
+            if on_log is not None: on_log(rec)
+            bar.update(1); bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.1e}")
+            if args.time_budget_s and state['step'] >= 3 and ck is None:
+                # re-plan every step (a shared machine's speed drifts); only ever shrink
+                dts = [h['dt'] for h in state['history'][-5:] if 'dt' in h] or [dt]
+                fit_steps = budget_steps(state['step'], time.time() - t_run, dts, args.time_budget_s, 1.1 if val_data is not None else 1.0)
+                if fit_steps < total:
+                    if state['step'] == 3 or fit_steps < 0.95 * total:
+                        tqdm.write(f"time budget {args.time_budget_s:.0f}s at {sorted(dts)[len(dts) // 2]:.2f}s/step: max_steps -> {fit_steps}")
+                    total = state['max_steps'] = fit_steps; bar.total = total; bar.refresh()
+            if args.eval_every and state['step'] % args.eval_every == 0: run_eval()
+            if args.save_every and state['step'] % args.save_every == 0: checkpoint()
+        if not state['evals'] or state['evals'][-1]['step'] != state['step']: run_eval()
+        if ck_dir is not None and saved_at != state['step']: checkpoint()
     bar.close()
     if args.grad_checkpointing: model.gradient_checkpointing_disable()
     if args.compile: uncompile_blocks(model)         # sampling/eval afterwards should not recompile for new shapes

@@ -4,13 +4,14 @@
 
 # %% ../../nbs/24_train.monitor.ipynb #524dba47
 from __future__ import annotations
-import json, math, os, time
+import json, math, os, time, warnings
 from pathlib import Path
 import torch
 from ..config import HybridConfig, count_params
 
 # %% auto #0
-__all__ = ['PEAK_TFLOPS', 'LOG_BACKENDS', 'flops_per_token', 'peak_flops', 'mfu', 'RunLogger', 'read_jsonl', 'plot_history']
+__all__ = ['PEAK_TFLOPS', 'LOG_BACKENDS', 'flops_per_token', 'peak_flops', 'mfu', 'memory_stats', 'step_metrics', 'RunLogger',
+           'read_jsonl', 'plot_history']
 
 # %% ../../nbs/24_train.monitor.ipynb #03c4e1f6
 PEAK_TFLOPS = {'H100': 989.0, 'H200': 989.0, 'GH200': 989.0, 'B200': 2250.0, 'A100': 312.0, 'L40S': 362.0,
@@ -35,22 +36,51 @@ def mfu(tokens_per_s_per_device: float, flops_tok: float, peak: float | None) ->
     "Model FLOPs utilisation of one device (0..1), or None when the peak is unknown."
     return None if not peak else tokens_per_s_per_device * flops_tok / peak
 
+# %% ../../nbs/24_train.monitor.ipynb #1b5c25ed
+def memory_stats(device=None) -> dict:
+    "Memory in use, GB: this process's resident host memory (`mem_rss_gb`) and, on CUDA, torch's peak allocation on `device` (`cuda_max_alloc_gb`)."
+    try:
+        import psutil; rss = psutil.Process().memory_info().rss
+    except ImportError:
+        import resource; rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024    # peak, not current
+    out = {'mem_rss_gb': rss / 1e9}
+    dev = torch.device(device) if device is not None else None
+    if dev is not None and dev.type == 'cuda': out['cuda_max_alloc_gb'] = torch.cuda.max_memory_allocated(dev) / 1e9
+    return out
+
+def step_metrics(cfg, seq_len: int, tok_s_per_device: float, device=None, peak_tflops: float | None = None) -> dict:
+    "Per-step throughput and memory: achieved model TFLOP/s per device (`tflops`), `mfu` when the peak is known (`peak_tflops`, or a known CUDA device) and `memory_stats`."
+    out = memory_stats(device)
+    if isinstance(cfg, HybridConfig):
+        f = flops_per_token(cfg, seq_len)
+        out['tflops'] = tok_s_per_device * f / 1e12
+        dev = torch.device(device) if device is not None else torch.device('cpu')
+        peak = peak_flops(torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu', peak_tflops)
+        if peak: out['mfu'] = mfu(tok_s_per_device, f, peak)
+    return out
+
 # %% ../../nbs/24_train.monitor.ipynb #3e7cb6f7
 LOG_BACKENDS = ('jsonl', 'tensorboard', 'wandb')
 
 class RunLogger:
-    "Log dicts of scalars per step to JSONL + TensorBoard + wandb (offline by default)."
+    "Log dicts of scalars per step to JSONL + TensorBoard + wandb (offline by default); a resumed run's replayed steps replace the old records."
     def __init__(self, out_dir, backends=('tensorboard',), run_name: str = 'run', config: dict | None = None,
                  project: str = 'hybridslm'):
         if isinstance(backends, str): backends = [b.strip() for b in backends.split(',') if b.strip()]
         bad = set(backends) - set(LOG_BACKENDS)
         if bad: raise ValueError(f"unknown logging backend(s) {sorted(bad)}; choose from {LOG_BACKENDS}")
         self.out = Path(out_dir); self.out.mkdir(parents=True, exist_ok=True)
-        self.jsonl = open(self.out / 'metrics.jsonl', 'a')
+        self.path = self.out / 'metrics.jsonl'
+        recs = read_jsonl(self.path)
+        if self.path.exists() and self.path.stat().st_size and not self.path.read_bytes().endswith(b'\n'):
+            self.path.write_text(''.join(json.dumps(r) + '\n' for r in recs))     # drop a torn last line before appending
+        steps = [r['step'] for r in recs if isinstance(r.get('step'), (int, float))]
+        self._old_last = max(steps) if steps else None     # the newest step an earlier session logged here
+        self.jsonl = open(self.path, 'a')
         self.tb = self.wandb = None
         if 'tensorboard' in backends:
             from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(self.out / 'tb'))
+            self._tb_cls, self.tb = SummaryWriter, SummaryWriter(str(self.out / 'tb'))
         if 'wandb' in backends:
             try: import wandb
             except ImportError as e: raise ImportError("logging backend 'wandb' requested but wandb is not installed") from e
@@ -58,11 +88,29 @@ class RunLogger:
             self.wandb = wandb.init(project=project, name=run_name, dir=str(self.out), config=config or {},
                                     reinit='finish_previous')
 
+    def rewind(self, step: int):
+        "Forget every record after `step`: rewrite `metrics.jsonl` up to it and restart TensorBoard with `purge_step=step + 1`."
+        self.jsonl.close()
+        keep = [r for r in read_jsonl(self.path) if not isinstance(r.get('step'), (int, float)) or r['step'] <= step]
+        tmp = self.path.with_name(self.path.name + '.tmp')
+        tmp.write_text(''.join(json.dumps(r) + '\n' for r in keep)); os.replace(tmp, self.path)
+        self.jsonl = open(self.path, 'a')
+        if self.tb is not None:
+            self.tb.close(); self.tb = self._tb_cls(str(self.out / 'tb'), purge_step=step + 1)
+        self._old_last = None
+
     def log(self, rec: dict, step: int | None = None):
         step = rec.get('step', step)
-        scalars = {k: float(v) for k, v in rec.items() if isinstance(v, (int, float)) and k != 'step' and v is not None
-                   and math.isfinite(float(v))}
-        self.jsonl.write(json.dumps({'step': step, **scalars}) + '\n'); self.jsonl.flush()
+        if self._old_last is not None and step is not None:
+            if step <= self._old_last: self.rewind(step - 1)   # a resumed run replays steps an earlier session logged
+            self._old_last = None
+        scalars, nonfinite = {}, []
+        for k, v in rec.items():
+            if k == 'step' or isinstance(v, bool) or not isinstance(v, (int, float)): continue
+            if math.isfinite(float(v)): scalars[k] = float(v)
+            else: nonfinite.append(k)                     # NaN/inf are not JSON: named, so they are never lost silently
+        self.jsonl.write(json.dumps({'step': step, **scalars, **({'nonfinite': nonfinite} if nonfinite else {})}) + '\n')
+        self.jsonl.flush()
         if self.tb is not None:
             for k, v in scalars.items(): self.tb.add_scalar(f"train/{k}" if not k.startswith('val') else f"eval/{k}", v, step)
         if self.wandb is not None: self.wandb.log(scalars, step=step)
@@ -73,9 +121,17 @@ class RunLogger:
         if self.wandb is not None: self.wandb.finish()
 
 def read_jsonl(path) -> list[dict]:
-    "Records of a `metrics.jsonl`."
+    "Records of a `metrics.jsonl`; a torn last line (a kill mid-write) is dropped, a bad line elsewhere is an error naming it."
     p = Path(path)
-    return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
+    if not p.exists(): return []
+    lines, out = p.read_text().splitlines(), []
+    for i, l in enumerate(lines):
+        if not l.strip(): continue
+        try: out.append(json.loads(l))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1: warnings.warn(f"{p}: dropped a torn last line ({l[:60]!r})"); break
+            raise ValueError(f"{p} line {i + 1} is not JSON: {l[:80]!r}") from e
+    return out
 
 # %% ../../nbs/24_train.monitor.ipynb #ddab8b21
 def plot_history(history: list[dict], evals: list[dict] | None = None, baseline: float | None = None, path=None, title: str = ''):

@@ -117,7 +117,7 @@ def test_connection_cap_answers_503(srv):
     try:
         time.sleep(0.2)
         r = httpx.get(srv.url + '/health')
-        assert r.status_code == 503
+        assert r.status_code == 503 and r.json()['error']['code'] == 'overloaded'
     finally:
         for s in socks: s.close()
     assert wait_for(lambda: httpx.get(srv.url + '/health').status_code == 200, 5)

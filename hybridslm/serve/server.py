@@ -582,10 +582,24 @@ def app_from_env() -> FastAPI:
 class TimedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with read deadlines: a request's head must arrive within `header_timeout` s of its
     first byte (or of the connection), its body within `body_timeout` s of the head; past them the connection is
-    closed (a head that timed out is answered 408 first). Malformed HTTP is answered in OpenAI's error shape."""
+    closed (a head that timed out is answered 408 first). Malformed HTTP and the connection cap's 503 are answered
+    in OpenAI's error shape."""
     header_timeout: float = 10.0
     body_timeout: float = 31.0
     _timer = _phase = None
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        limit, self.limit_concurrency = self.limit_concurrency, None     # uvicorn's own check answers plain text
+        if limit is not None:
+            app, conns, tasks = self.app, self.connections, self.tasks
+            async def capped(scope, receive, send):
+                if scope['type'] == 'http' and (len(conns) > limit or len(tasks) > limit):
+                    e = APIError(503, f"server overloaded: more than {limit} concurrent connections",
+                                 type='server_overloaded', code='overloaded', headers={'Connection': 'close'})
+                    return await e.response()(scope, receive, send)
+                return await app(scope, receive, send)
+            self.app = capped
 
     def _update(self, phase=None):
         "(Re)arm the deadline when the read phase changes: 'head', 'body', or None (nothing to wait for)."

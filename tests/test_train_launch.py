@@ -104,6 +104,15 @@ def runs(tmp_path):
         except psutil.Error: pass
 
 
+
+def test_misspelt_names_fail_by_name():
+    "A misspelt run parameter or `model_overrides` field stops `resolve_run`, before any process starts, naming the field meant."
+    from hybridslm.train.launch import resolve_run
+    with pytest.raises(ValueError, match=r"'save_evry' \(did you mean 'save_every'\?\)"): resolve_run({**RUN, 'save_evry': 2})
+    with pytest.raises(ValueError, match=r"'d_modle'.*did you mean 'd_model'"):
+        resolve_run({**RUN, 'model_overrides': {**RUN['model_overrides'], 'd_modle': 64}})
+    assert resolve_run(RUN)['model_overrides'] == RUN['model_overrides']
+
 @pytest.mark.parametrize('target', ['launcher', 'process group', 'agent'])
 def test_sigkill_takes_every_rank_down(runs, target):
     "SIGKILL to the launcher, to its process group, or to torchrun's agent alone (OOM killer, `kill -9`)."

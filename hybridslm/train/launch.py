@@ -30,8 +30,12 @@ SEED_TRAIN_DEFAULTS = dict(seq_len=2048, micro_batch=4, grad_accum=16, lr=3e-4, 
 
 def resolve_run(params: dict) -> dict:
     "Check run parameters against `RUN_DEFAULTS`, fill preset defaults; ValueError naming any bad field."
-    unknown = set(params) - set(RUN_DEFAULTS)
-    if unknown: raise ValueError(f"unknown run parameter(s) {sorted(unknown)}; known: {sorted(RUN_DEFAULTS)}")
+    unknown = sorted(set(params) - set(RUN_DEFAULTS), key=str)
+    if unknown:
+        import difflib
+        named = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(str(k), RUN_DEFAULTS, 1)) else '')
+                 for k in unknown]
+        raise ValueError(f"unknown run parameter(s) {', '.join(named)}; known: {sorted(RUN_DEFAULTS)}")
     p = {**RUN_DEFAULTS, **params}
     from hybridslm.config import PRESETS
     if str(p['preset']).lower() not in PRESETS: raise ValueError(f"preset={p['preset']!r}: choose one of {sorted(PRESETS)}")
@@ -43,8 +47,8 @@ def resolve_run(params: dict) -> dict:
         raise ValueError("offload=True needs DeepSpeed ZeRO >= 1: set zero_stage")
     if not isinstance(p['compile'], bool): raise ValueError(f"compile must be True or False, got {p['compile']!r}")
     if p['launcher'] not in ('torchrun', 'deepspeed'): raise ValueError(f"launcher must be 'torchrun' or 'deepspeed', got {p['launcher']!r}")
-    if p['model_overrides'] is not None and not isinstance(p['model_overrides'], dict):
-        raise ValueError(f"model_overrides must be a dict of HybridConfig fields, got {p['model_overrides']!r}")
+    from hybridslm.config import check_config_overrides
+    check_config_overrides(p['model_overrides'])                 # a misspelt field fails here, by name, not in every rank
     from hybridslm.train.monitor import LOG_BACKENDS
     logs = [b.strip() for b in (p['log_to'] or '').split(',') if b.strip()]
     if set(logs) - set(LOG_BACKENDS): raise ValueError(f"log_to={p['log_to']!r}: backends are {LOG_BACKENDS}")

@@ -317,7 +317,8 @@ fit(HybridForCausalLM(HybridConfig(**CFG)), rows, None, TrainArgs(max_steps=10_0
     eval_every=0, progress=False, precision='fp32', out_dir=sys.argv[1], save_every=0), on_log=on_log)
 '''
 
-def test_sigterm_finishes_step_checkpoints_and_exits(tmp_path):
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT], ids=['SIGTERM', 'SIGINT'])
+def test_signal_finishes_step_checkpoints_and_exits(tmp_path, sig):
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
     p = subprocess.Popen([sys.executable, '-c', SIG_SCRIPT, str(tmp_path)], cwd=REPO, env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)
@@ -325,13 +326,19 @@ def test_sigterm_finishes_step_checkpoints_and_exits(tmp_path):
     for line in p.stdout:
         seen += line
         if line.startswith('STEP 3'): break
-    p.send_signal(signal.SIGTERM)
+    p.send_signal(sig)
     out = seen + p.communicate(timeout=120)[0]
-    assert p.returncode == 128 + signal.SIGTERM, out[-2000:]
+    assert p.returncode == 128 + sig, out[-2000:]
     last = max(int(l.split()[1]) for l in out.splitlines() if l.startswith('STEP'))
     cks = list_checkpoints(tmp_path / 'checkpoints')
     assert [c.name for c in cks] == [f'step-{last:06d}'] and last >= 3, (last, cks, out[-1000:])
     assert verify_checkpoint(cks[-1]) and 'Traceback' not in out, out[-2000:]
+
+def test_fit_in_a_thread_leaves_signals_alone():
+    import threading
+    before, res = signal.getsignal(signal.SIGTERM), []
+    t = threading.Thread(target=lambda: res.append(fit(model(), ROWS, None, args()))); t.start(); t.join()
+    assert res and res[0]['step'] == 2 and signal.getsignal(signal.SIGTERM) is before
 
 # ---------------------------------------------------------------- DeepSpeed checkpoints (one process, gloo)
 def test_deepspeed_hostile_checkpoints(tmp_path):

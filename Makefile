@@ -53,9 +53,12 @@ test-py: install-all
 test-gpu:
 	nbdev_test --flags "gpu slow" --n_workers 1
 
+# JupyterLab on the project's venv; flags go in LAB_ARGS, e.g. make lab LAB_ARGS="--no-browser --port 8899 --ip 0.0.0.0".
+# Jupyter refuses to start as root unless told: inside a container (where one often is root) --allow-root is added.
+LAB_ARGS ?=
 lab: install
 	$(BIN)/python -m pip install -q jupyterlab
-	$(BIN)/jupyter lab
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 export: install
 	$(BIN)/nbdev_clean && $(BIN)/nbdev_export && $(BIN)/python tools/make_readme.py

@@ -86,9 +86,11 @@ def safe_prefix_len(text: str, stops: list[str]) -> int:
     n = len(text)
     if text.endswith('\ufffd'): n -= 1
     hold = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, n), 0, -1):
-            if text[:n].endswith(s[:k]): hold = max(hold, k); break
+    for s in stops:                  # the longest suffix of text[:n] shorter than s that s starts with
+        i = text.find(s[:1], max(0, n - len(s) + 1), n) if s else -1
+        while i != -1:               # only where s's first character occurs: O(len(s)), not O(len(s)**2), per token
+            if s.startswith(text[i:n]): hold = max(hold, n - i); break
+            i = text.find(s[0], i + 1, n)
     return n - hold
 
 # %% ../../nbs/50_serve.engine.ipynb #ca8b9e40

@@ -127,3 +127,19 @@ def test_sigkill_and_resume_is_exact(tmp_path):
     wa, wb = (load_file(d / 'checkpoint' / 'model.safetensors') for d in (full, crash))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     print(f"killed after step {kill_after} (complete checkpoints then: {done}); resumed run bit-identical")
+
+
+def test_sigterm_to_one_rank_stops_all_after_the_same_step(tmp_path):
+    "SIGTERM reaching one rank only: both finish the same step, write one complete checkpoint and exit with 143."
+    from hybridslm.train.checkpoint import list_checkpoints, verify_checkpoint
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, str(REPO / 'tests' / 'ds_signal_worker.py'), str(tmp_path)], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**ENV, 'RANK': str(r), 'LOCAL_RANK': str(r), 'WORLD_SIZE': '2', 'MASTER_ADDR': '127.0.0.1',
+                                   'MASTER_PORT': str(port)}) for r in range(2)]
+    logs = [p.communicate(timeout=240)[0] for p in procs]
+    for p, log in zip(procs, logs): assert p.returncode == 128 + signal.SIGTERM, log[-3000:]
+    a, b = (json.loads((tmp_path / f"stopped{r}.json").read_text()) for r in range(2))
+    assert a == b and a['step'] >= 2 and a['signum'] == signal.SIGTERM, (a, b)
+    cks = list_checkpoints(tmp_path / 'run' / 'checkpoints')
+    assert [c.name for c in cks] == [f"step-{a['step']:06d}"] and verify_checkpoint(cks[0])

@@ -332,7 +332,7 @@ def fit_deepspeed(model, train_data, val_data=None, args: TrainArgs | None = Non
                     continue
                 if agg[0] > 0:                              # the gradients were zeroed on the way in; drop the window
                     _null_step(engine); flags.clear()
-                    run = count_bad_step(state, run, args, bar, 'grad', log0, verbose=rank == 0, loss=loss_sum, grad_norm=float('nan'))
+                    run = count_bad_step(state, run, args, bar, 'grad', log0, verbose=rank == 0, grad_norm=float('nan'))
                     continue
                 run = Counter()
                 if not engine.zero_optimization():      # stage 0: DeepSpeed clips but does not report the norm

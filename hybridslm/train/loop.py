@@ -298,7 +298,7 @@ def fit(model, train_data, val_data=None, args: TrainArgs | None = None, tokeniz
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
             if not math.isfinite(gnorm):                   # a finite loss can still back-propagate NaN/inf: never apply it
                 opt.zero_grad(set_to_none=True)
-                run = count_bad_step(state, run, args, bar, 'grad', on_log, loss=loss_sum, grad_norm=gnorm)
+                run = count_bad_step(state, run, args, bar, 'grad', on_log, grad_norm=gnorm)
                 continue
             run = Counter()
             opt.step(); opt.zero_grad(set_to_none=True)

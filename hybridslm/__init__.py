@@ -6,6 +6,19 @@ __version__ = "0.1.0"
 # %% auto #0
 __all__ = []
 
+# %% ../nbs/09_api.ipynb #51a4bcd9
+import logging as _logging
+
+class _DropImportNoise(_logging.Filter):
+    "Drops log records whose message contains one of `needles`; everything else passes."
+    def __init__(self, *needles: str): super().__init__(); self.needles = needles
+    def filter(self, record: _logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not any(n in msg for n in self.needles)
+
+_logging.getLogger('torchao').addFilter(_DropImportNoise('_C_mxfp8', '_C_cutlass_90a'))
+_logging.getLogger('torch.utils._pytree').addFilter(_DropImportNoise('is an Enum subclass and is now natively supported'))
+
 # %% ../nbs/09_api.ipynb #c3557121
 from .config import HybridConfig
 from .model import HybridForCausalLM

@@ -3,8 +3,8 @@
 * SIGKILL of the launcher process, or of its whole process group, takes the torchrun agent and every rank down
   within seconds: no process of the run survives and no checkpoint is written afterwards; the same run started
   again with `resume='auto'` finishes;
-* SIGTERM to the launcher is forwarded to the ranks: they stop, and the launcher and everything it started exit
-  within a bound;
+* SIGTERM to the launcher is forwarded to the ranks (torchrun; with HYBRIDSLM_SLOW_TESTS=1 also DeepSpeed's
+  launcher): each finishes its step and saves it, and the launcher and everything it started exit within a bound;
 * (HYBRIDSLM_SLOW_TESTS=1) the same for `experiments/train.ipynb` under papermill: SIGKILL to papermill ends the
   kernel that runs `launch`, and with it the whole run.
 
@@ -74,11 +74,13 @@ def wait_for_steps(proc, out: Path, n: int, timeout=180):
         assert time.time() - t0 < timeout, f"no step {n} after {timeout} s"
         time.sleep(0.05)
 
+AGENTS = ('torch.distributed.run', 'deepspeed.launcher')
+
 def the_run(proc, out: Path) -> list:
-    "The launcher, the torchrun agent and both ranks, all alive now."
+    "The launcher, the torchrun agent (DeepSpeed's runner and per-node launcher) and both ranks, all alive now."
     procs = list(run_processes(out, proc.pid).values())
-    ranks = [q for q in procs if '--config' in q.cmdline() and 'torch.distributed.run' not in ' '.join(q.cmdline())]
-    assert len(ranks) == 2 and any('torch.distributed.run' in ' '.join(q.cmdline()) for q in procs), describe(procs)
+    ranks = [q for q in procs if '--config' in q.cmdline() and not any(a in ' '.join(q.cmdline()) for a in AGENTS)]
+    assert len(ranks) == 2 and any(a in ' '.join(q.cmdline()) for q in procs for a in AGENTS), describe(procs)
     return procs
 
 def assert_all_gone(procs, out: Path, within: float):
@@ -142,12 +144,15 @@ def test_sigkill_takes_every_rank_down(runs, target):
     assert not run_processes(out)
 
 
-def test_sigterm_stops_the_run(runs):
-    "SIGTERM to the launcher reaches every rank once (through torchrun's agent); the ranks save and stop, all exits."
+SLOW = pytest.mark.skipif(not os.environ.get('HYBRIDSLM_SLOW_TESTS'), reason='slow: set HYBRIDSLM_SLOW_TESTS=1')
+
+@pytest.mark.parametrize('launcher', ['torchrun', pytest.param('deepspeed', marks=SLOW)])
+def test_sigterm_stops_the_run(runs, launcher):
+    "SIGTERM to the launcher reaches every rank once (through torchrun's agent, or DeepSpeed's per-node launcher); the ranks save and stop, all exits."
     from hybridslm.train import loop
     from hybridslm.train.checkpoint import latest_checkpoint
     out = runs / 'run'
-    proc = start_launcher(out)
+    proc = start_launcher(out, launcher=launcher)
     wait_for_steps(proc, out, 3)
     procs = the_run(proc, out)
     t0 = time.time()
@@ -156,7 +161,8 @@ def test_sigterm_stops_the_run(runs):
     took = assert_all_gone(procs, out, within=5)
     log = (out / 'launch.log').read_text()
     assert rc == -signal.SIGTERM, f"launcher exit {rc}\n{log[-3000:]}"       # the signal's own course, once the run stopped
-    assert 'closing signal SIGTERM' in log, log[-3000:]                         # the agent passed it on to the ranks
+    forwarded = {'torchrun': 'closing signal SIGTERM', 'deepspeed': 'received SIGTERM'}[launcher]
+    assert forwarded in log, log[-3000:]                                        # the agent passed it on to the ranks
     assert not (out / 'result.json').exists()
     at = steps_logged(out)
     if hasattr(loop, 'TrainingInterrupted'):                                    # the ranks finish the step and save it
@@ -164,7 +170,7 @@ def test_sigterm_stops_the_run(runs):
     print(f"SIGTERM: launcher exited after {time.time() - t0:.1f} s, everything gone {took:.1f} s later, stopped at step {at}")
 
 
-@pytest.mark.skipif(not os.environ.get('HYBRIDSLM_SLOW_TESTS'), reason='slow: set HYBRIDSLM_SLOW_TESTS=1')
+@SLOW
 def test_killing_papermill_kills_the_run(runs):
     "papermill's kernel exits when papermill dies (ipykernel's parent poller); the kernel is `launch`'s process."
     pytest.importorskip('papermill')

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np, torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
-from .optim import lr_at, make_optimizer
+from .optim import lr_at, make_optimizer, param_groups
+from .graphs import GraphedTrainStep
 from .checkpoint import (save_checkpoint, load_checkpoint, latest_checkpoint, resume_latest, clean_incomplete,
                                         check_writable, CheckpointError, RESUME_FIELDS)
 from .monitor import step_metrics
@@ -82,6 +83,7 @@ class TrainArgs:
     precision: str = 'auto'          # 'auto' (bf16 autocast on CUDA, fp32 on CPU), 'bf16', 'fp32'
     grad_checkpointing: bool = False
     compile: bool = False            # `compile_blocks`: each block, the final norm and the loss through torch.compile
+    cuda_graphs: bool = False        # the whole step (forward, backward, clip, AdamW) as one CUDA graph: CUDA, grad_accum 1
     eval_every: int = 100
     eval_batches: int = 20
     save_every: int = 0              # 0: only at the end
@@ -112,7 +114,7 @@ class TrainArgs:
         for f in ('time_budget_s', 'peak_tflops'):
             v = getattr(self, f)
             if v is not None and (not is_num(v) or v <= 0): bad(f, 'None or a finite number > 0')
-        for f in ('grad_checkpointing', 'compile', 'progress'):
+        for f in ('grad_checkpointing', 'compile', 'cuda_graphs', 'progress'):
             if not isinstance(getattr(self, f), bool): bad(f, 'True or False')
         if self.precision not in ('auto', 'bf16', 'fp32'): bad('precision', "'auto', 'bf16' or 'fp32'")
         if self.out_dir is not None and (not isinstance(self.out_dir, (str, os.PathLike)) or not str(self.out_dir).strip()):
@@ -239,7 +241,14 @@ def fit(model, train_data, val_data=None, args: TrainArgs | None = None, tokeniz
     cfg = getattr(model, 'config', None)
     vocab = getattr(cfg, 'vocab_size', None)
     torch.manual_seed(args.seed)
-    opt = make_optimizer(model, lr=args.lr, weight_decay=args.weight_decay)
+    if args.cuda_graphs:                                   # fixed shapes, device-side optimizer state and learning rate
+        if dev.type != 'cuda': raise ValueError(f"TrainArgs.cuda_graphs=True captures the training step as a CUDA graph and needs a CUDA model, got {dev}")
+        if args.grad_accum != 1: raise ValueError(f"TrainArgs.cuda_graphs=True captures one micro-batch per step: grad_accum must be 1, got {args.grad_accum}")
+        if args.grad_checkpointing: raise ValueError("TrainArgs.cuda_graphs=True and grad_checkpointing=True don't combine (recomputation re-enters autograd)")
+        opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=torch.tensor(args.lr, device=dev), betas=(0.9, 0.95),
+                                fused=True, capturable=True)
+    else:
+        opt = make_optimizer(model, lr=args.lr, weight_decay=args.weight_decay)
     sampler = BatchSampler(len(train_data), args.micro_batch, seed=args.seed)
     ck_dir = Path(args.out_dir) / 'checkpoints' if args.out_dir else None
     if ck_dir is not None:                                 # fail now, not at the first save hours in
@@ -255,6 +264,12 @@ def fit(model, train_data, val_data=None, args: TrainArgs | None = None, tokeniz
         resume_state(state, st, args, ck, log=tqdm.write)
     if args.grad_checkpointing: model.gradient_checkpointing_enable()
     if args.compile: compile_blocks(model)
+    graphed = None
+    if args.cuda_graphs:
+        def _loss(ids):
+            return model(ids, labels=ids, use_cache=False).loss
+        graphed = GraphedTrainStep(list(model.parameters()), opt, _loss,
+                                   grad_clip=None if math.isinf(args.grad_clip) else args.grad_clip, autocast_dtype=amp, graph=True)
     total = state['max_steps']
     model.train()
     bar = tqdm(total=total, initial=min(state['step'], total), disable=not args.progress, desc='train', dynamic_ncols=True)
@@ -281,9 +296,19 @@ def fit(model, train_data, val_data=None, args: TrainArgs | None = None, tokeniz
                 raise TrainingInterrupted(stop.signum, state['step'], path, state)
             t0 = time.time()
             lr = lr_at(state['step'], args.lr, args.warmup, total, args.min_lr_ratio)
-            for g in opt.param_groups: g['lr'] = lr
+            if graphed is None:
+                for g in opt.param_groups: g['lr'] = lr
             loss_sum, finite = 0.0, True
-            for _ in range(args.grad_accum):
+            if graphed is not None:                        # one replay; the step is already skipped if its norm was not finite
+                ids = fetch_batch(train_data, sampler.next_indices(), vocab).to(dev, non_blocking=True)
+                loss_t, gn_t = graphed(ids, lr=lr)
+                loss_sum, gnorm = loss_t.item(), gn_t.item()
+                state['tokens'] += ids.numel()
+                if not math.isfinite(loss_sum) or not math.isfinite(gnorm):
+                    run = count_bad_step(state, run, args, bar, 'loss' if not math.isfinite(loss_sum) else 'grad', on_log,
+                                         **({} if not math.isfinite(loss_sum) else {'grad_norm': gnorm}))
+                    continue
+            for _ in range(args.grad_accum if graphed is None else 0):
                 ids = fetch_batch(train_data, sampler.next_indices(), vocab).to(dev)
                 with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
                     loss = model(ids, labels=ids, use_cache=False).loss
@@ -295,13 +320,13 @@ def fit(model, train_data, val_data=None, args: TrainArgs | None = None, tokeniz
                 opt.zero_grad(set_to_none=True)
                 run = count_bad_step(state, run, args, bar, 'loss', on_log)
                 continue
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
+            if graphed is None: gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
             if not math.isfinite(gnorm):                   # a finite loss can still back-propagate NaN/inf: never apply it
                 opt.zero_grad(set_to_none=True)
                 run = count_bad_step(state, run, args, bar, 'grad', on_log, grad_norm=gnorm)
                 continue
             run = Counter()
-            opt.step(); opt.zero_grad(set_to_none=True)
+            if graphed is None: opt.step(); opt.zero_grad(set_to_none=True)
             state['step'] += 1
             dt = time.time() - t0
             tok_s = args.micro_batch * args.grad_accum * ids.shape[1] / dt

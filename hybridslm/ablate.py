@@ -196,7 +196,7 @@ def run_pattern(cfg: HybridConfig, task: str, data: dict, args: TrainArgs, devic
                 loss_curve=[[r['step'], r['loss']] for r in st['history']],
                 val_curve=[[e['step'], e['val_loss']] for e in st['evals']], final_val_loss=st['evals'][-1]['val_loss'])
 
-# %% ../nbs/61_ablate.ipynb #fcbf0b9d
+# %% ../nbs/61_ablate.ipynb #b0626d30
 def results_table(results: list[dict]):
     "A pandas DataFrame, one row per (task, pattern): sizes, throughput, final val loss and MQAR accuracy (mean, std over seeds)."
     import pandas as pd
@@ -284,8 +284,11 @@ def aggregate(run_dirs, out_dir) -> dict:
         results += json.loads(f.read_text())['results']
     out.mkdir(parents=True, exist_ok=True)
     tab = results_table(results)
-    (out / 'results.json').write_text(json.dumps({'results': results, 'table': tab.to_dict('records'),
-                                                  'runs': [str(d) for d in run_dirs]}, indent=1))
+    from hybridslm.tokenizer import REPO_ROOT
+    rel = lambda d: str(Path(d).resolve().relative_to(REPO_ROOT.resolve())) if Path(d).resolve().is_relative_to(REPO_ROOT.resolve()) else Path(d).name
+    (out / 'results.json').write_text(json.dumps({'task': 'lm' if all(r['task'] == 'lm' for r in results) else 'mixed',
+                                                  'results': results, 'table': tab.to_dict('records'),
+                                                  'runs': [rel(d) for d in run_dirs]}, indent=1))
     tab.to_csv(out / 'results_table.csv', index=False); (out / 'results_table.md').write_text(tab.to_markdown(index=False))
     concl = conclusion(results, title=f'Ablation `{out.name}`')
     (out / 'conclusion.md').write_text(concl + '\n')

@@ -22,7 +22,7 @@ __all__ = ['MQAR_PATTERNS', 'PUBLISHED', 'PROFILES', 'PUBLISHED_MINIMUM', 'DATA_
            'run_key', 'run_spec', 'main', 'grid_specs', 'choose_lrs', 'seed_specs', 'inprocess_executor', 'load_runs',
            'run_grid', 'chosen_runs', 'mqar_table', 'plot_mqar', 'mqar_conclusion', 'write_grid_outputs']
 
-# %% ../nbs/62_ablate.fast.ipynb #0d0b6268
+# %% ../nbs/62_ablate.fast.ipynb #27cf8086
 MQAR_PATTERNS = ('AA', 'MM', 'MA', 'AM', 'AAAA', 'MMMM', 'MAMM', 'MMAM')
 PUBLISHED = dict(patterns=MQAR_PATTERNS, widths=(64, 128, 256), lrs=(1e-3, 3e-3, 1e-2), seeds=(0, 1, 2),
                  kv_pairs=(4, 8, 16, 32, 64), vocab_size=8192, seq_len=256, n_train=100_000, n_val_per_kv=1000,
@@ -70,8 +70,6 @@ def shortfalls(p: dict, results: list[dict] | None = None) -> list[str]:
     devs = sorted({str(r.get('device', '?')).split(':')[0] for r in results or []})
     if results and devs != ['cuda']: out.append(f"device {'/'.join(devs)} (not a GPU run)")
     return out
-
-print(sorted(PROFILES), shortfalls(protocol('cpu-smoke'))[:2])
 
 # %% ../nbs/62_ablate.fast.ipynb #be17ade6
 def mqar_config(pattern: str, d_model: int, vocab_size: int = 8192, seq_len: int = 256, d_state: int = 64,
@@ -184,7 +182,7 @@ def mqar_accuracy(net: QueryHeadLoss, data: dict, batch_size: int = 1000, bf16: 
 
 def _fmt_s(s: float) -> str: return f"{s:.0f}s" if s < 120 else f"{s / 60:.1f} min"
 
-# %% ../nbs/62_ablate.fast.ipynb #14eabc4f
+# %% ../nbs/62_ablate.fast.ipynb #f1ef1378
 def train_mqar(cfg: HybridConfig, data: dict, args: MQARTrainArgs, device='auto', label: str = 'mqar', log=print,
                ckpt=None, should_stop=None) -> dict:
     """Train a fresh model of `cfg` on `data` (from `mqar_splits`) with the lean trainer; test and validation accuracy per KV count.
@@ -295,7 +293,7 @@ def train_mqar(cfg: HybridConfig, data: dict, args: MQARTrainArgs, device='auto'
             if not estimated and t_steady and step + 1 - s_steady >= 20:
                 rate = (time.time() - t_steady) / (step + 1 - s_steady)
                 log(f"[{label}] {1 / rate:.1f} steps/s after warm-up: estimated {_fmt_s(rate * (total - step - 1))} to go, "
-                    f"{_fmt_s(time.time() - t_start + rate * (total - step - 1))} for {total} steps ({total * B:,} sequences)")
+                    f"{_fmt_s(t_before + time.time() - t_start + rate * (total - step - 1))} for {total} steps ({total * B:,} sequences)")
                 estimated = True
         if val_every and (step + 1) % val_every == 0 and step + 1 < total:
             val_curve.append([step + 1, float(np.mean([mqar_accuracy(net, d, args.eval_batch, bf16) for d in data['val'].values()]))])

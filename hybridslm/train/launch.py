@@ -143,7 +143,8 @@ def train_args(p: dict, out: Path):
                      grad_clip=p['grad_clip'], precision=p['precision'], grad_checkpointing=p['grad_checkpointing'], compile=p['compile'],
                      eval_every=p['eval_every'], eval_batches=p['eval_batches'], save_every=p['save_every'],
                      keep_last=p['keep_last'], max_bad_steps=p['max_bad_steps'], seed=p['seed'], out_dir=str(out),
-                     resume=p['resume'], time_budget_s=None if p['time_budget_min'] is None else 60 * p['time_budget_min'])
+                     resume=p['resume'], time_budget_s=None if p['time_budget_min'] is None else 60 * p['time_budget_min'],
+                     peak_tflops=p['peak_tflops'])
 
 # %% ../../nbs/25_train.launch.ipynb #1f58daff
 PR_SET_PDEATHSIG = 1            # <linux/prctl.h>

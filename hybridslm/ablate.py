@@ -97,7 +97,7 @@ def param_rows(cfgs: dict[str, HybridConfig]) -> list[dict]:
     return [dict(pattern=p, attn_frac=attn_fraction(p), d_model=c.d_model, d_ff=c.d_ff, params=count_params(c),
                  params_non_emb=count_params(c, True)) for p, c in cfgs.items()]
 
-# %% ../nbs/61_ablate.ipynb #98dc06b0
+# %% ../nbs/61_ablate.ipynb #c7cc708a
 TEXT_SUFFIXES = ('.jsonl', '.jsonl.gz', '.parquet', '.txt', '.txt.gz')
 
 def _text_files(p: Path) -> list[Path]:
@@ -136,29 +136,51 @@ def _read_texts(source='embedded', max_chars: int | None = None) -> list[str]:
         if max_chars and n >= 2 * max_chars: break          # enough to shuffle and cut max_chars from
     return out
 
+def _source_id(source) -> list:
+    "What identifies the text of a source: the files with their sizes and modification times."
+    if source in (None, 'embedded'):
+        from hybridslm.tokenizer import CORPUS_DIR
+        source = CORPUS_DIR
+    return [[str(f.resolve()), f.stat().st_size, int(f.stat().st_mtime)] for f in _text_files(Path(source))]
+
 def lm_data(source='embedded', seq_len: int = 256, val_fraction: float = 0.05, max_chars: int | None = None,
-            seed: int = 0, tokenizer=None, chunk_chars: int = 20000) -> dict:
-    "Packed train/val `TokenSequences` of real text: `{'train','val','n_train_tokens','n_val_tokens','source'}`."
+            seed: int = 0, tokenizer=None, chunk_chars: int = 20000, cache_dir=None) -> dict:
+    """Packed train/val `TokenSequences` of real text: `{'train','val','n_train_tokens','n_val_tokens','source'}`.
+    The token arrays are cached on disk (`$HYBRIDSLM_CACHE`, default `~/.cache/hybridslm`; `cache_dir=False`: none),
+    keyed by the files (sizes, times) and the settings, so the runs of a sweep tokenize a corpus once."""
     from hybridslm.tokenizer import load_tokenizer
+    import hashlib, os
     if not 0 < val_fraction < 1: raise ValueError(f"lm_data: val_fraction must be in (0, 1), got {val_fraction}")
     tok = tokenizer or load_tokenizer()
-    chunks = [t[i:i + chunk_chars] for t in _read_texts(source, max_chars) for i in range(0, len(t), chunk_chars)]
-    rng = np.random.default_rng(seed); rng.shuffle(chunks)
-    if max_chars:
-        keep, tot = [], 0
-        for c in chunks:
-            if tot >= max_chars: break
-            keep.append(c); tot += len(c)
-        chunks = keep
-    n_val = max(1, int(len(chunks) * val_fraction))
-    if len(chunks) - n_val < 1: raise ValueError(f"lm_data: only {len(chunks)} chunks of text; raise max_chars")
-    def ids(cs):
-        out = []
-        for e in tok(cs, add_special_tokens=False)['input_ids']: out += e + [tok.eos_token_id]
-        return np.asarray(out, dtype=np.int64)
-    tr, va = ids(chunks[:-n_val]), ids(chunks[-n_val:])
-    return {'train': TokenSequences(tr, seq_len), 'val': TokenSequences(va, seq_len), 'n_train_tokens': len(tr),
-            'n_val_tokens': len(va), 'source': str(source), 'vocab_size': len(tok)}
+    f = None
+    if cache_dir is not False and (source in (None, 'embedded') or Path(source).exists()):
+        key = json.dumps([_source_id(source), val_fraction, max_chars, seed, chunk_chars, str(tok.name_or_path), len(tok)])
+        d = Path(cache_dir or os.environ.get('HYBRIDSLM_CACHE', Path.home() / '.cache' / 'hybridslm')) / 'lm'
+        f = d / f"tokens-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
+    if f is not None and f.exists():
+        z = np.load(f); tr, va = z['train'], z['val']
+    else:
+        chunks = [t[i:i + chunk_chars] for t in _read_texts(source, max_chars) for i in range(0, len(t), chunk_chars)]
+        rng = np.random.default_rng(seed); rng.shuffle(chunks)
+        if max_chars:
+            keep, tot = [], 0
+            for c in chunks:
+                if tot >= max_chars: break
+                keep.append(c); tot += len(c)
+            chunks = keep
+        n_val = max(1, int(len(chunks) * val_fraction))
+        if len(chunks) - n_val < 1: raise ValueError(f"lm_data: only {len(chunks)} chunks of text; raise max_chars")
+        def ids(cs):
+            out = []
+            for e in tok(cs, add_special_tokens=False)['input_ids']: out += e + [tok.eos_token_id]
+            return np.asarray(out, dtype=np.int32)
+        tr, va = ids(chunks[:-n_val]), ids(chunks[-n_val:])
+        if f is not None:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            tmp = f.with_name(f"{f.stem}.{os.getpid()}.tmp.npz")
+            np.savez(tmp, train=tr, val=va); os.replace(tmp, f)
+    return {'train': TokenSequences(tr.astype(np.int64), seq_len), 'val': TokenSequences(va.astype(np.int64), seq_len),
+            'n_train_tokens': len(tr), 'n_val_tokens': len(va), 'source': str(source), 'vocab_size': len(tok)}
 
 # %% ../nbs/61_ablate.ipynb #f0963427
 def resolve_device(device='auto') -> torch.device:

@@ -179,7 +179,7 @@ def run_mqar(a) -> int:
             cmd = [sys.executable, '-m', 'hybridslm.ablate_fast', '--spec', json.dumps(s), '--out', str(out),
                    '--device', 'cuda' if on_gpu else 'cpu', '--no-progress', '--ckpt', str(ckpt_dir / f"{key}.pt")]
             jobs.append(dict(name=key, cmd=cmd, out=str(out), log=str(root / 'logs' / f"{key}.log"), spec=s,
-                             env={'OMP_NUM_THREADS': '1'} if not on_gpu else {}))
+                             env={'OMP_NUM_THREADS': str(max(1, (os.cpu_count() or 1) // len(sl)) if on_gpu else 1)}))
         if a.print_commands:
             for j in jobs: print(shlex.join(j['cmd']))
             return

@@ -5,14 +5,14 @@
 # GPU image's Python) and, for the LM ablation, .gpudata/corpus (pretraining shards).
 #
 #     bash experiments/gpu_batch.sh train2gpu [quant]   # 2 GPUs: experiments/run_2gpu.sh, then the CUDA quant bench
-#     bash experiments/gpu_batch.sh ablate [quant]      # GPU 0: MQAR sweep (+ quant after it); GPU 1: LM sweep
+#     bash experiments/gpu_batch.sh ablate [lm]         # all GPUs: the MQAR grid (then the LM comparison), resumable
 #     bash experiments/gpu_batch.sh benchgpu            # 1 GPU: the final bench_gpu table (+ compiled at micro-batch 8)
 #     bash experiments/gpu_batch.sh benchfinal          # 1 GPU: mamba_ssm, ours compiled, ours eager (fits 575 s)
 #     bash experiments/gpu_batch.sh benchall            # 1 GPU: ours compiled, mamba_ssm, HF Llama (compiled decode)
 #     bash experiments/gpu_batch.sh mb8                 # 1 GPU: ours compiled and mamba_ssm trained at micro-batch 4 and 8
 #     bash experiments/gpu_batch.sh levers2             # 1 GPU: experiments/bench_levers.py (the training levers)
 #     bash experiments/gpu_batch.sh levers              # 2 GPUs: the bench with the compiled variant + training levers
-#     bash experiments/gpu_batch.sh final               # what the first pass of 2026-11-25 lost (see its comment)
+#     bash experiments/gpu_batch.sh final               # 1-GPU DeepSpeed baseline, a GPU demo model and its quant bench
 #
 # Everything is written under $OUT (or /tmp/gpu_out) as it finishes, so a batch stopped early still leaves what
 # completed. BUDGET_S (default 575) is the wall-clock budget of the whole batch: each step gets a deadline inside it, so
@@ -107,24 +107,23 @@ case "${1:-}" in
     tar czf "$OUT/bench.tgz" -C "$OUT" bench_gpu bench_gpu.log; tar czf "$OUT/levers.tgz" -C "$OUT" levers levers.log
     rm -rf "$OUT/bench_gpu" "$OUT/levers"
     tail -n 12 "$OUT/bench_gpu.log"; cat "$OUT/levers.log" | tail -n 30 ;;
-  ablate)
-    t=$(( $(left) - 20 ))
-    ( timeout "$t" python3 experiments/sweep_ablate.py --name gpu_mqar --task mqar --gpus 0 --runs-root "$OUT/ablate" \
-        -p device=cuda -p steps=1500 > "$OUT/sweep_mqar.log" 2>&1; echo "mqar sweep exit $?" >> "$OUT/sweep_mqar.log"
-      [ "${2:-}" = quant ] && quant 0 ) &
-    ( timeout "$t" python3 experiments/sweep_ablate.py --name gpu_lm --task lm --gpus 1 --runs-root "$OUT/ablate" \
-        -p device=cuda -p lm_source=.gpudata/corpus > "$OUT/sweep_lm.log" 2>&1; echo "lm sweep exit $?" >> "$OUT/sweep_lm.log" ) &
-    wait
-    tail -n 25 "$OUT/sweep_mqar.log" "$OUT/sweep_lm.log" ;;
-  final)   # one batch for what a first pass lost: 1-GPU baseline (GPU 0), then a demo model + quant bench on it (GPU 0);
-           # both ablation sweeps at once on GPU 1 (their throughput column is then shared-GPU, comparable only within).
+  ablate)     # the MQAR grid of the published protocol on every GPU of the host, then (with `lm`) the LM comparison;
+               # a sweep cut off by BUDGET_S resumes where it stopped when the same command runs again (finished runs are
+               # kept under papermill_runs/ablate/; copy that folder back between hosts)
+    t=$(( $(left) - 30 ))
+    python3 experiments/sweep_ablate.py --task mqar --gpus all --deadline-s "$t" > "$OUT/sweep_mqar.log" 2>&1
+    echo "mqar sweep exit $? (3: incomplete, run again)" >> "$OUT/sweep_mqar.log"
+    if [ "${2:-}" = lm ]; then
+      t=$(( $(left) - 30 ))
+      python3 experiments/sweep_ablate.py --task lm --gpus all --deadline-s "$t" -p device=cuda -p lm_source=.gpudata/corpus \
+          > "$OUT/sweep_lm.log" 2>&1; echo "lm sweep exit $? (3: incomplete, run again)" >> "$OUT/sweep_lm.log"
+    fi
+    tar czf "$OUT/ablate.tgz" --exclude='*.safetensors' --exclude='*.pt' papermill_runs/ablate 2>/dev/null
+    tail -n 25 "$OUT"/sweep_*.log ;;
+  final)   # the 1-GPU DeepSpeed baseline, then a demo model trained on the GPU and the quantization bench on it (GPU 0).
            # Results as a few tarballs under $OUT, easy to copy back.
     W=papermill_runs; t=$(( $(left) - 25 ))
     tarit() { tar czf "$OUT/$1.tgz" --exclude='*.safetensors' --exclude='*.pt' --exclude='checkpoints' --exclude='tb' "${@:2}" 2>/dev/null; }
-    ( timeout "$t" python3 experiments/sweep_ablate.py --name gpu_mqar --task mqar --gpus 1 --jobs 3 --runs-root $W/ablate \
-        -p device=cuda -p steps=1500 > "$OUT/sweep_mqar.log" 2>&1; echo "mqar sweep exit $?" >> "$OUT/sweep_mqar.log" ) &
-    ( timeout "$t" python3 experiments/sweep_ablate.py --name gpu_lm --task lm --gpus 1 --jobs 4 --runs-root $W/ablate \
-        -p device=cuda -p lm_source=.gpudata/corpus -p steps=300 > "$OUT/sweep_lm.log" 2>&1; echo "lm sweep exit $?" >> "$OUT/sweep_lm.log" ) &
     mkdir -p $W/train_2gpu/1gpu_zero2 $W/demo_gpu $W/bench_quant   # papermill does not create an output notebook's folder
     ( export CUDA_VISIBLE_DEVICES=0
       echo "=== 1gpu_zero2 $(date -u +%T)"
@@ -145,9 +144,7 @@ case "${1:-}" in
           -p device cuda -p base_model $W/demo_gpu/checkpoint -p out_dir $W/bench_quant 2>&1 | grep -E "^\|" | tail -8
         tarit quant $W/bench_quant
       fi ) &
-    wait
-    tarit ablate $W/ablate
-    tail -n 8 "$OUT/sweep_mqar.log" "$OUT/sweep_lm.log" ;;
+    wait ;;
   *) echo "usage: $0 train2gpu|ablate|benchgpu|benchfinal|benchall|mb8|levers|levers2|final [quant]"; exit 2 ;;
 esac
 echo "done in $(( $(date +%s) - START ))s"

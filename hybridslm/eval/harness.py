@@ -316,11 +316,11 @@ def evaluate_task(lm, task: str, docs: list[dict], mmlu_shots: dict | None = Non
         return dict(n=len(docs), metrics=dict(exact_match_strict=float(np.mean(strict)), exact_match_strict_stderr=_stderr(strict),
                                               exact_match_flexible=float(np.mean(flex))), samples=outs[:5])
     if task == 'humaneval':
-        from hybridslm.eval.sandbox import check_program
+        from hybridslm.eval.sandbox import check_humaneval
         prompts = [d['prompt'] for d in docs for _ in range(n_samples)]
         temp = temperature if n_samples > 1 else 0.0
         outs = lm.generate_until(prompts, until=HUMANEVAL_UNTIL, max_new_tokens=max_gen_toks, temperature=temp, desc='humaneval')
-        passed = [check_program(humaneval_program(d, outs[i * n_samples + j]), timeout=sandbox_timeout).passed
+        passed = [check_humaneval(d, outs[i * n_samples + j], timeout=sandbox_timeout).passed
                   for i, d in enumerate(tqdm(docs, desc='sandbox', disable=len(docs) < 5)) for j in range(n_samples)]
         c = [sum(passed[i * n_samples:(i + 1) * n_samples]) for i in range(len(docs))]
         m = {f'pass@{kk}': float(np.mean([pass_at_k(n_samples, ci, kk) for ci in c])) for kk in k if kk <= n_samples}

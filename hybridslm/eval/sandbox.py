@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['SandboxResult', 'run_sandboxed', 'check_program']
+__all__ = ['SandboxResult', 'run_sandboxed', 'check_program', 'check_humaneval']
 
 # %% ../../nbs/32_eval.sandbox.ipynb #ae4a7014
 _RUNNER = r'''
-import ctypes, json, os, resource, sys, time, traceback
+import ctypes, json, os, resource, select, sys, time, traceback
 tmp, timeout, mem, nproc, guard, ro = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == '1', json.loads(sys.argv[6])
 libc = ctypes.CDLL(None, use_errno=True)
 prot = []
@@ -56,11 +56,63 @@ subprocess.Popen = subprocess.run = subprocess.call = subprocess.check_output = 
 socket.socket = socket.create_connection = socket.socketpair = _deny
 """
 
+JUDGED = sys.argv[7] == '1'   # HumanEval mode: the trusted side runs the tests, the sandbox only serves calls
+if JUDGED: call_r, call_w = os.pipe(); reply_r, reply_w = os.pipe()
+
+def send(fd, obj):
+    b = json.dumps(obj).encode(); b = len(b).to_bytes(4, 'big') + b
+    while b: b = b[os.write(fd, b):]
+
+def recv_exact(fd, n, deadline):
+    buf = b''
+    while len(buf) < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]: raise TimeLimit()
+        chunk = os.read(fd, min(n - len(buf), 1 << 20))
+        if not chunk: raise EOFError('the sandboxed program ended')
+        buf += chunk
+    return buf
+
+def recv(fd, deadline=None):
+    n = int.from_bytes(recv_exact(fd, 4, deadline), 'big')
+    if n > 64 << 20: raise ValueError('reply too large')
+    return json.loads(recv_exact(fd, n, deadline))
+
+class TimeLimit(BaseException): pass
+TAGS = {list: 'l', tuple: 't', set: 's', frozenset: 'fs'}
+
+def enc(v, depth=0):
+    "Plain builtin values only, matched by exact type: an int subclass or an object with its own __eq__ is refused."
+    if depth > 200: raise ValueError('value nested too deeply')
+    t = type(v)
+    if v is None or t is bool or t is int or t is float or t is str: return v
+    if t in TAGS: return {TAGS[t]: [enc(x, depth + 1) for x in v]}
+    if t is dict: return {'d': [[enc(k, depth + 1), enc(x, depth + 1)] for k, x in v.items()]}
+    if t is bytes: return {'b': v.hex()}
+    if t is complex: return {'c': [v.real, v.imag]}
+    raise TypeError(f'not a plain builtin value: {t.__module__}.{t.__qualname__}')
+
+def dec(v):
+    t = type(v)
+    if v is None or t is bool or t is int or t is float or t is str: return v
+    if t is dict and len(v) == 1:
+        (k, x), = v.items()
+        if k == 'l': return [dec(e) for e in x]
+        if k == 't': return tuple(dec(e) for e in x)
+        if k == 's': return {dec(e) for e in x}
+        if k == 'fs': return frozenset(dec(e) for e in x)
+        if k == 'd': return {dec(a): dec(b) for a, b in x}
+        if k == 'b': return bytes.fromhex(x)
+        if k == 'c': return complex(*x)
+    raise ValueError('malformed value from the sandbox')
+
 pid = os.fork()
 if pid == 0:   # the untrusted side (PID 1 of the new PID namespace, if we got one)
     code = 1
     try:
         os.setpgid(0, 0)
+        if JUDGED: os.close(call_w); os.close(reply_r)
         out = os.open(os.path.join(tmp, '.out'), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.dup2(out, 1); os.dup2(out, 2); os.dup2(os.open('/dev/null', os.O_RDONLY), 0)
         os.chdir(tmp)
@@ -73,7 +125,17 @@ if pid == 0:   # the untrusted side (PID 1 of the new PID namespace, if we got o
         sys.path[:] = [p for p in sys.path if p and os.path.isdir(p)]
         if guard: exec(GUARD, {})
         src = open(os.path.join(tmp, 'prog.py')).read()
-        exec(compile(src, 'prog.py', 'exec'), {'__name__': '__main__', '__builtins__': __builtins__})
+        g = {'__name__': '__main__', '__builtins__': __builtins__}
+        exec(compile(src, 'prog.py', 'exec'), g)
+        if JUDGED:   # serve calls of the entry point until the trusted side kills us
+            sys.stdout.flush(); sys.stderr.flush()
+            while True:
+                args, kwargs = recv(call_r)
+                try: reply = ['ok', enc(g[sys.argv[8]](*dec(args), **dec(kwargs)))]
+                except BaseException as e: reply = ['err', f'{type(e).__name__}: {e}'[:2000]]
+                try: sys.stdout.flush(); sys.stderr.flush()   # the trusted side SIGKILLs us once check is done
+                except BaseException: pass
+                send(reply_w, reply)
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -85,7 +147,41 @@ if pid == 0:   # the untrusted side (PID 1 of the new PID namespace, if we got o
         except BaseException: pass
         os._exit(code)
 
-deadline, timed_out, status = time.monotonic() + timeout, False, 0
+libc.prctl(4, 0, 0, 0, 0)   # PR_SET_DUMPABLE 0: the sandboxed child cannot ptrace or read the memory of this process
+verdict = None
+if JUDGED:   # the trusted side: the dataset's prompt (for its helpers) and tests run here, on values from the sandbox
+    import io, signal
+    os.close(call_r); os.close(reply_w)
+    spec = json.loads(sys.stdin.read())
+    deadline = time.monotonic() + timeout
+    class CandidateError(Exception): pass
+    def candidate(*args, **kwargs):
+        send(call_w, [enc(list(args)), enc(kwargs)])
+        tag, val = recv(reply_r, deadline)
+        if tag == 'ok': return dec(val)
+        raise CandidateError(str(val))
+    def alarm(*_): raise TimeLimit()
+    signal.signal(signal.SIGALRM, alarm); signal.setitimer(signal.ITIMER_REAL, timeout)
+    log, real_out = io.StringIO(), sys.stdout
+    sys.stdout = sys.stderr = log
+    try:
+        ns = {'__name__': '__check__'}
+        exec(compile(spec['prompt'], 'prompt.py', 'exec'), ns)
+        exec(compile(spec['test'], 'test.py', 'exec'), ns)
+        ns['check'](candidate)
+        verdict = 'passed'
+    except TimeLimit: verdict = 'timeout'
+    except BaseException:
+        verdict = 'failed'
+        try: traceback.print_exc(limit=-3)
+        except BaseException: pass
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        sys.stdout = sys.stderr = real_out
+    try: os.kill(pid, 9)
+    except OSError: pass
+
+deadline, timed_out, status = time.monotonic() + timeout, verdict == 'timeout', 0
 while True:
     r, status = os.waitpid(pid, os.WNOHANG)
     if r: break
@@ -96,7 +192,7 @@ while True:
     time.sleep(0.005)
 try: os.killpg(pid, 9)          # stragglers in the child's process group (only matters without a PID namespace)
 except OSError: pass
-print(json.dumps(dict(status=status, timed_out=timed_out)))
+print(json.dumps(dict(status=status, timed_out=timed_out, verdict=verdict, log=log.getvalue()[-4000:] if JUDGED else '')))
 '''
 
 # %% ../../nbs/32_eval.sandbox.ipynb #6b181edf
@@ -124,36 +220,49 @@ def _rmtree(p):
         except OSError: pass
     shutil.rmtree(p, onerror=fix)
 
-def run_sandboxed(program: str, timeout: float = 10.0, memory_mb: int = 1024, max_procs: int = 64, guard: bool = True) -> SandboxResult:
-    "Run Python source `program` isolated (see above); `passed` iff it exits with status 0 within `timeout` seconds."
+def run_sandboxed(program: str, timeout: float = 10.0, memory_mb: int = 1024, max_procs: int = 64, guard: bool = True,
+                  judge: dict | None = None) -> SandboxResult:
+    """Run Python source `program` isolated (see above); `passed` iff it exits with status 0 within `timeout` seconds.
+    With `judge` (trusted `prompt`, `test`, `entry_point`), `passed` iff the tests' `check` returns on the trusted side."""
     if timeout <= 0 or memory_mb < 64 or max_procs < 1:
         raise ValueError(f"need timeout > 0, memory_mb >= 64, max_procs >= 1; got {timeout}, {memory_mb}, {max_procs}")
     tmp = tempfile.mkdtemp(prefix='hybridslm-sbx-')
     Path(tmp, 'prog.py').write_text(program)
     exe = os.path.realpath(sys._base_executable)
     cmd = [exe, '-I', '-S', '-c', _RUNNER, tmp, str(timeout), str(memory_mb << 20), str(max_procs), '1' if guard else '0',
-           json.dumps(_readonly_paths())]
+           json.dumps(_readonly_paths()), '1' if judge else '0', judge['entry_point'] if judge else '']
+    spec = json.dumps(dict(prompt=judge['prompt'], test=judge['test'])).encode() if judge else b''
     t0 = time.monotonic()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                          env={'PATH': '/usr/bin:/bin'}, cwd=tmp)
-    try: out, err = p.communicate(timeout=timeout + 15)
+    try: out, err = p.communicate(spec, timeout=timeout + 15)
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL); out, err = p.communicate()
     dur = time.monotonic() - t0
     try:
         info = json.loads(out.decode().strip().splitlines()[-1]); st = info['status']
-        rc = os.waitstatus_to_exitcode(st); timed_out = info['timed_out']
+        rc = os.waitstatus_to_exitcode(st); timed_out = info['timed_out']; verdict = info['verdict']
     except (ValueError, IndexError, KeyError):   # the runner itself failed: report, never pass
-        rc, timed_out = None, False
+        rc, timed_out, verdict, info = None, False, None, {}
     try: text = Path(tmp, '.out').read_bytes()[-8192:].decode('utf-8', 'replace')
     except OSError: text = ''
+    if info.get('log'): text += '\n[check] ' + info['log']
     if rc is None: text += '\n[runner] ' + err.decode('utf-8', 'replace')[-2000:]
     try: prot = json.loads(Path(tmp, '.prot').read_text())
     except (OSError, ValueError): prot = []
     _rmtree(tmp)
+    if judge:   # the verdict is the trusted side's alone; the sandbox's exit code means nothing
+        status = 'timeout' if timed_out else ('passed' if verdict == 'passed' and rc is not None else 'failed')
+        return SandboxResult(status == 'passed', status, rc, text, dur, prot + ['trusted-check'], tmp)
     status = 'timeout' if timed_out else ('passed' if rc == 0 else 'failed')
     return SandboxResult(status == 'passed', status, rc, text, dur, prot, tmp)
 
 def check_program(program: str, timeout: float = 10.0, **kw) -> SandboxResult:
-    "HumanEval-style check: the program (prompt + completion + tests + `check(...)`) passes iff it exits cleanly."
+    "Did `program` exit cleanly? Not a HumanEval score: a program can exit 0 without running its tests (see below)."
     return run_sandboxed(program, timeout=timeout, **kw)
+
+# %% ../../nbs/32_eval.sandbox.ipynb #6047d963
+def check_humaneval(problem: dict, completion: str, timeout: float = 10.0, **kw) -> SandboxResult:
+    "HumanEval verdict for `completion`: the dataset's `check` runs outside the sandbox on plain values the sandbox returns."
+    judge = dict(prompt=problem['prompt'], test=problem['test'], entry_point=problem['entry_point'])
+    return run_sandboxed(problem['prompt'] + completion + '\n', timeout=timeout, judge=judge, **kw)

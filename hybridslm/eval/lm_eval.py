@@ -98,8 +98,9 @@ def write_lm_eval_tasks(out_dir, tasks=LM_EVAL_TASKS, limit: int | None = None, 
         names[t] = f'hslm_{t}'
     return names
 
-def run_lm_eval(lm, tasks=LM_EVAL_TASKS, limit: int | None = None, work_dir=None, source: str = 'local', data_dir=None) -> dict:
-    "Run lm-eval offline on our local task YAMLs; returns `{task: {metric: value}}` (lm-eval's own numbers)."
+def run_lm_eval(lm, tasks=LM_EVAL_TASKS, limit: int | None = None, work_dir=None, source: str = 'local', data_dir=None,
+                bootstrap_iters: int = 100_000) -> dict:
+    "Run lm-eval offline on our local task YAMLs; returns `{task: {metric: value, metric_stderr: value}}` (lm-eval's own numbers)."
     import tempfile, logging
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
@@ -108,8 +109,9 @@ def run_lm_eval(lm, tasks=LM_EVAL_TASKS, limit: int | None = None, work_dir=None
     names = write_lm_eval_tasks(work, tasks, limit, source, data_dir)
     logging.getLogger('lm_eval').setLevel(logging.WARNING)
     res = simple_evaluate(model=lm, tasks=list(names.values()), task_manager=TaskManager(include_path=str(work), include_defaults=False),
-                          log_samples=False, bootstrap_iters=0, verbosity='WARNING')
-    return {t: {k.split(',')[0]: v for k, v in res['results'][n].items() if k.endswith(',none') and 'stderr' not in k}
+                          log_samples=False, bootstrap_iters=bootstrap_iters, verbosity='WARNING')
+    # lm-eval reports `acc,none` and `acc_stderr,none`; its standard errors need bootstrap_iters > 0 (means use the closed form)
+    return {t: {k.split(',')[0]: v for k, v in res['results'][n].items() if k.endswith(',none') and v != 'N/A'}
             for t, n in names.items()}
 
 # %% ../../nbs/35_eval.lm_eval.ipynb #baacd67f

@@ -5,6 +5,7 @@
 # GPU image's Python) and, for the LM ablation, .gpudata/corpus (pretraining shards).
 #
 #     bash experiments/gpu_batch.sh train2gpu [quant]   # 2 GPUs: experiments/run_2gpu.sh, then the CUDA quant bench
+#     bash experiments/gpu_batch.sh gputests            # 1 GPU: the notebooks' `#| gpu` cells (nbdev_test --flags gpu)
 #     bash experiments/gpu_batch.sh ablate [lm]         # all GPUs: the MQAR grid (then the LM comparison), resumable
 #     bash experiments/gpu_batch.sh benchgpu            # 1 GPU: the final bench_gpu table (+ compiled at micro-batch 8)
 #     bash experiments/gpu_batch.sh benchfinal          # 1 GPU: mamba_ssm, ours compiled, ours eager (fits 575 s)
@@ -23,8 +24,10 @@ OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 START=$(date +%s); BUDGET_S=${BUDGET_S:-575}
 left() { echo $(( BUDGET_S - ($(date +%s) - START) )); }
 
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whlgpu/*.whl 2>&1 | tail -2
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl 2>&1 | tail -2
+# one pip call over both wheel folders, each wheel once (a file in both would make pip refuse the whole set, and a
+# second --target install replaces the first one's bin/, console scripts included)
+WHEELS=$(ls .whl/*.whl .whlgpu/*.whl 2>/dev/null | awk -F/ '!seen[$NF]++')
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $WHEELS 2>&1 | tail -2
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 WANDB_MODE=offline MPLBACKEND=Agg
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 TRITON_CACHE_AUTOTUNING=1
@@ -107,6 +110,14 @@ case "${1:-}" in
     tar czf "$OUT/bench.tgz" -C "$OUT" bench_gpu bench_gpu.log; tar czf "$OUT/levers.tgz" -C "$OUT" levers levers.log
     rm -rf "$OUT/bench_gpu" "$OUT/levers"
     tail -n 12 "$OUT/bench_gpu.log"; cat "$OUT/levers.log" | tail -n 30 ;;
+  gputests)   # the notebooks' GPU cells (`#| gpu`): the captured training step and fit(cuda_graphs=True) against eager,
+               # then every other notebook's GPU cells, one notebook at a time, each with its own deadline
+    for nb in nbs/26_train.graphs.ipynb nbs/22_train.loop.ipynb; do
+      t=$(( $(left) - 20 )); [ "$t" -gt 30 ] || break
+      echo "=== $nb $(date -u +%T)"; timeout "$t" nbdev_test --flags gpu --n_workers 1 --path "$nb" > "$OUT/gputest_$(basename $nb .ipynb).log" 2>&1
+      echo "exit $?"; tail -n 5 "$OUT/gputest_$(basename $nb .ipynb).log"
+    done
+    t=$(( $(left) - 20 )); [ "$t" -gt 60 ] && timeout "$t" nbdev_test --flags gpu --n_workers 1 > "$OUT/gputest_all.log" 2>&1; tail -n 8 "$OUT/gputest_all.log" ;;
   ablate)     # the MQAR grid of the published protocol on every GPU of the host, then (with `lm`) the LM comparison;
                # a sweep cut off by BUDGET_S resumes where it stopped when the same command runs again (finished runs are
                # kept under papermill_runs/ablate/; copy that folder back between hosts)
@@ -145,6 +156,6 @@ case "${1:-}" in
         tarit quant $W/bench_quant
       fi ) &
     wait ;;
-  *) echo "usage: $0 train2gpu|ablate|benchgpu|benchfinal|benchall|mb8|levers|levers2|final [quant]"; exit 2 ;;
+  *) echo "usage: $0 gputests|train2gpu|ablate|benchgpu|benchfinal|benchall|mb8|levers|levers2|final [quant]"; exit 2 ;;
 esac
 echo "done in $(( $(date +%s) - START ))s"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build/download into .whl/ (git-ignored) every package experiments/run_2gpu.sh needs that the GPU image lacks
-# (it has torch 2.11+cu130, transformers, tensorboard, ... but no deepspeed/papermill/jupyter).
+# Build/download into .whl/ (git-ignored) every package the GPU scripts need that the GPU image lacks (it has torch
+# 2.11+cu130, transformers, tensorboard, ... but no deepspeed/papermill/jupyter/nbdev/mamba_ssm): experiments/run_2gpu.sh,
+# experiments/gpu_batch.sh (including its `gputests` mode, which runs the notebooks' `#| gpu` cells with nbdev_test).
 # Versions = the ones this repo's CPU venv runs with; cp312 manylinux wheels for the few compiled ones.
 # List derived from the installed metadata of papermill, ipykernel and deepspeed minus the GPU image's packages.
 set -euo pipefail
@@ -18,6 +19,12 @@ ninja==1.13.2"
 $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform manylinux_2_5_x86_64 -d .whl $PKGS
+# nbdev 2.4 and what it needs beyond the list above (pure-python or cp312 wheels)
+$PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
+    nbdev==2.4.14 execnb==0.1.18 fastcore==1.14.5 ghapi==1.0.16 fastgit==0.0.6 astunparse==1.6.3 watchdog==7.1.0 six==1.17.0
+# mamba_ssm: its Triton kernels only (no CUDA extension is compiled; the project registers the missing Mamba-1 module)
+MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE $PY -m pip wheel -q --no-deps --no-build-isolation -w .whl mamba-ssm==2.3.2.post1
 # deepspeed ships only an sdist: build a pure-python wheel (ops JIT-compile on first use; we need none of them)
 DS_BUILD_OPS=0 $PY -m pip wheel -q --no-deps -w .whl deepspeed==0.19.8
 ls .whl | wc -l; du -sh .whl

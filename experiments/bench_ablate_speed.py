@@ -33,6 +33,7 @@ from hybridslm.model import HybridForCausalLM
 from hybridslm.mamba2 import load_mamba_kernels
 from hybridslm.train.graphs import GraphedTrainStep
 from hybridslm.synthetic import make_mqar, IGNORE
+from hybridslm.ablate_fast import QueryHeadLoss, query_index
 
 SHAPES = {
     'lm': dict(cfg=dict(vocab_size=8192, d_model=320, d_ff=1152, layer_pattern='MAMMAMMMMMAMMMAA', n_heads=8, n_kv_heads=4,
@@ -60,14 +61,6 @@ class FullLoss(nn.Module):
         logits = self.model(ids, use_cache=False).logits if self.ours else self.model(ids).logits
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
 
-class QueryLoss(nn.Module):
-    "Our MQAR trainer's loss: the LM head applied at the (padded) query positions only."
-    def __init__(self, model): super().__init__(); self.model = model
-    def forward(self, ids, qpos, qlab):
-        h = self.model.model(input_ids=ids).last_hidden_state
-        h = h.gather(1, qpos[..., None].expand(-1, -1, h.shape[-1]))
-        return F.cross_entropy(self.model.lm_head(h).float().flatten(0, 1), qlab.flatten(), ignore_index=IGNORE)
-
 def batch_for(shape: dict, cfg: HybridConfig):
     B, L = shape['batch'], shape['seq']
     if shape['task'] == 'lm':
@@ -75,12 +68,6 @@ def batch_for(shape: dict, cfg: HybridConfig):
         return ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
     d = make_mqar(B, vocab_size=cfg.vocab_size, seq_len=L, num_kv_pairs=64, seed=0)
     return d['inputs'].cuda(), d['targets'].cuda()
-
-def query_batch(targets):
-    m = targets != IGNORE
-    k = int(m.sum(1).max())
-    pos = torch.argsort((~m).to(torch.int32), dim=1, stable=True)[:, :k]
-    return pos, targets.gather(1, pos)
 
 def bench(system: str, shape: dict, iters: int, warmup: int) -> dict:
     gc.collect(); torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
@@ -91,7 +78,7 @@ def bench(system: str, shape: dict, iters: int, warmup: int) -> dict:
     graph = system.endswith('graph')
     ids, tgt = batch_for(shape, cfg)
     if system == 'query_head_graph':
-        loss_mod, batch = QueryLoss(model), (ids, *query_batch(tgt))
+        loss_mod, batch = QueryHeadLoss(model), (ids, *query_index(tgt))
     else:
         loss_mod, batch = FullLoss(model, ours), (ids, tgt)
     fn = torch.compile(loss_mod, dynamic=False) if system == 'compiled_graph' else loss_mod

@@ -110,6 +110,21 @@ case "${1:-}" in
     tar czf "$OUT/bench.tgz" -C "$OUT" bench_gpu bench_gpu.log; tar czf "$OUT/levers.tgz" -C "$OUT" levers levers.log
     rm -rf "$OUT/bench_gpu" "$OUT/levers"
     tail -n 12 "$OUT/bench_gpu.log"; cat "$OUT/levers.log" | tail -n 30 ;;
+  mqarstep)   # GPU 0: where an MQAR run's time goes (experiments/bench_mqar_step.py: step times, kernel profile, GPU sharing);
+               # GPU 1: a learning-rate probe of the attention patterns at d_model 128 (full protocol, early stop);
+               # then the MQAR notebook's GPU cells on GPU 0. Results as one tarball.
+    mkdir -p "$OUT/step"
+    ( CUDA_VISIBLE_DEVICES=0 timeout $(( $(left) - 120 )) python3 experiments/bench_mqar_step.py --out "$OUT/step" \
+        --parts ${STEP_PARTS:-profile,steps,share} > "$OUT/step.log" 2>&1; echo "step exit $?" >> "$OUT/step.log"
+      t=$(( $(left) - 25 )); [ "$t" -gt 30 ] && CUDA_VISIBLE_DEVICES=0 timeout "$t" nbdev_test --flags gpu --n_workers 1 \
+        --do_print --path nbs/62_ablate.fast.ipynb > "$OUT/gputest_62.log" 2>&1; echo "gputest exit $?" >> "$OUT/gputest_62.log" ) &
+    python3 experiments/sweep_ablate.py --task mqar --name probe_attn --gpus 1 --jobs-per-gpu 2 --no-report \
+        --patterns ${PROBE_PATTERNS:-AA,AAAA,MAMM} -s widths=128 -s lrs=${PROBE_LRS:-3e-4,1e-3} -s seeds=0 \
+        --deadline-s $(( $(left) - 30 )) > "$OUT/probe.log" 2>&1; echo "probe exit $?" >> "$OUT/probe.log"
+    wait
+    tar czf "$OUT/mqarstep.tgz" --exclude='*.pt' -C "$OUT" step step.log probe.log $(cd "$OUT" && ls gputest_62.log 2>/dev/null)
+    tar czf "$OUT/probe_attn.tgz" papermill_runs/ablate/probe_attn 2>/dev/null
+    tail -n 40 "$OUT/step.log"; tail -n 12 "$OUT/probe.log" ;;
   gputests)   # the notebooks' GPU cells (`#| gpu`): the captured training step and fit(cuda_graphs=True) against eager,
                # then every other notebook's GPU cells, one notebook at a time, each with its own deadline
     for nb in nbs/26_train.graphs.ipynb nbs/22_train.loop.ipynb; do
@@ -122,7 +137,7 @@ case "${1:-}" in
                # a sweep cut off by BUDGET_S resumes where it stopped when the same command runs again (finished runs are
                # kept under papermill_runs/ablate/; copy that folder back between hosts)
     t=$(( $(left) - 30 ))
-    python3 experiments/sweep_ablate.py --task mqar --gpus all --deadline-s "$t" > "$OUT/sweep_mqar.log" 2>&1
+    python3 experiments/sweep_ablate.py --task mqar --gpus all ${MQAR_ARGS:-} --deadline-s "$t" > "$OUT/sweep_mqar.log" 2>&1
     echo "mqar sweep exit $? (3: incomplete, run again)" >> "$OUT/sweep_mqar.log"
     if [ "${2:-}" = lm ]; then
       t=$(( $(left) - 30 ))

@@ -19,15 +19,16 @@ from .ablate import attn_fraction, validate_patterns, resolve_device
 __all__ = ['MQAR_PATTERNS', 'PUBLISHED', 'PROFILES', 'PUBLISHED_MINIMUM', 'DATA_KEYS', 'EXIT_STOPPED', 'FAIL_ACC', 'SOLVE_ACC',
            'REACH', 'protocol', 'shortfalls', 'mqar_config', 'mqar_splits', 'load_mqar_splits', 'query_index',
            'QueryHeadLoss', 'MQARTrainArgs', 'mqar_accuracy', 'train_mqar', 'estimate_seconds', 'grid_estimate_seconds',
-           'run_key', 'run_spec', 'main', 'grid_specs', 'choose_lrs', 'seed_specs', 'inprocess_executor', 'load_runs',
-           'run_grid', 'chosen_runs', 'mqar_table', 'plot_mqar', 'mqar_conclusion', 'write_grid_outputs']
+           'run_key', 'run_spec', 'main', 'grid_specs', 'is_solved', 'solved_lr', 'skip_record', 'choose_lrs',
+           'edge_specs', 'seed_specs', 'inprocess_executor', 'load_runs', 'run_grid', 'chosen_runs', 'mqar_table',
+           'plot_mqar', 'mqar_conclusion', 'write_grid_outputs']
 
 # %% ../nbs/62_ablate.fast.ipynb #27cf8086
 MQAR_PATTERNS = ('AA', 'MM', 'MA', 'AM', 'AAAA', 'MMMM', 'MAMM', 'MMAM')
-PUBLISHED = dict(patterns=MQAR_PATTERNS, widths=(64, 128, 256), lrs=(1e-3, 3e-3, 1e-2), seeds=(0, 1, 2),
+PUBLISHED = dict(patterns=MQAR_PATTERNS, widths=(64, 128, 256), lrs=(3e-4, 1e-3, 3e-3, 1e-2), seeds=(0, 1, 2),
                  kv_pairs=(4, 8, 16, 32, 64), vocab_size=8192, seq_len=256, n_train=100_000, n_val_per_kv=1000,
                  n_test_per_kv=1000, batch_size=256, epochs=32, max_steps=None, d_state=64, data_seed=0,
-                 compile=False, cuda_graphs=False)
+                 compile=False, cuda_graphs=False, stop_acc=0.99)
 PROFILES = {
     'published': PUBLISHED,
     'published-512': {**PUBLISHED, 'seq_len': 512},
@@ -44,10 +45,11 @@ def protocol(profile: str = 'published', **overrides) -> dict:
     p = dict(PROFILES[profile])
     bad = sorted(set(overrides) - set(p))
     if bad: raise ValueError(f"unknown MQAR protocol setting(s) {bad}; known: {sorted(p)}")
-    p.update({k: v for k, v in overrides.items() if v is not None})
+    p.update({k: v for k, v in overrides.items() if v is not None or k == 'stop_acc'})   # stop_acc=None: no early stop
     for k in ('patterns', 'widths', 'lrs', 'seeds', 'kv_pairs'):
         v = p[k]
-        p[k] = tuple(x.strip() for x in v.split(',') if x.strip()) if isinstance(v, str) else tuple(v)
+        p[k] = (tuple(x.strip() for x in v.split(',') if x.strip()) if isinstance(v, str)
+                else tuple(v) if isinstance(v, (list, tuple)) else (v,))          # a single value: a one-item list
         if not p[k]: raise ValueError(f"MQAR protocol: {k} is empty")
     p['patterns'] = tuple(validate_patterns(p['patterns'], literal_only=True))
     p['widths'], p['seeds'], p['kv_pairs'] = (tuple(int(x) for x in p[k]) for k in ('widths', 'seeds', 'kv_pairs'))
@@ -148,7 +150,8 @@ class MQARTrainArgs:
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0
     max_steps: int | None = None       # a cap on the steps (smoke runs)
-    val_every_epochs: float = 4        # validation accuracy during training (0: only at the end)
+    val_every_epochs: float = 1        # validation accuracy during training (0: only at the end)
+    stop_acc: float | None = 0.99      # stop once every KV count's validation accuracy reaches this (Zoology's early stop); None: never
     log_every: int = 50                # steps between loss read-backs
     precision: str = 'auto'            # 'auto' (bf16 autocast on CUDA, fp32 on CPU), 'bf16', 'fp32'
     compile: bool = False
@@ -163,6 +166,8 @@ class MQARTrainArgs:
         for f in ('batch_size', 'log_every', 'eval_batch'):
             if not isinstance(getattr(self, f), int) or getattr(self, f) <= 0: raise ValueError(f"MQARTrainArgs.{f} must be a positive integer")
         if self.precision not in ('auto', 'bf16', 'fp32'): raise ValueError(f"MQARTrainArgs.precision: 'auto', 'bf16' or 'fp32', got {self.precision!r}")
+        if self.stop_acc is not None and not 0 < self.stop_acc <= 1: raise ValueError(f"MQARTrainArgs.stop_acc must be in (0, 1] or None, got {self.stop_acc!r}")
+        if self.stop_acc is not None and not self.val_every_epochs: raise ValueError("MQARTrainArgs.stop_acc needs val_every_epochs > 0 (the stop is decided on validation accuracy)")
 
 @torch.no_grad()
 def mqar_accuracy(net: QueryHeadLoss, data: dict, batch_size: int = 1000, bf16: bool = False) -> float:
@@ -235,7 +240,7 @@ def train_mqar(cfg: HybridConfig, data: dict, args: MQARTrainArgs, device='auto'
     loss_acc, n_acc = torch.zeros((), device=dev), 0
     hist, val_curve, note = [], [], None
     t_start, t_steady, s_steady, estimated, diverged, steps_done = time.time(), None, 0, False, False, 0
-    perm, start, t_before = None, 0, 0.0
+    perm, start, t_before, early = None, 0, 0.0, None
     if ckpt and Path(ckpt).exists():                                      # resume: weights, optimizer, batch order, curves
         st = torch.load(ckpt, map_location='cpu', weights_only=False)
         lm.load_state_dict(st['model']); opt.load_state_dict(st['opt']); gen.set_state(st['gen'])
@@ -296,7 +301,13 @@ def train_mqar(cfg: HybridConfig, data: dict, args: MQARTrainArgs, device='auto'
                     f"{_fmt_s(t_before + time.time() - t_start + rate * (total - step - 1))} for {total} steps ({total * B:,} sequences)")
                 estimated = True
         if val_every and (step + 1) % val_every == 0 and step + 1 < total:
-            val_curve.append([step + 1, float(np.mean([mqar_accuracy(net, d, args.eval_batch, bf16) for d in data['val'].values()]))])
+            va = [mqar_accuracy(net, d, args.eval_batch, bf16) for d in data['val'].values()]
+            val_curve.append([step + 1, float(np.mean(va))])
+            if args.stop_acc is not None and min(va) >= args.stop_acc:
+                early = step + 1
+                log(f"[{label}] validation accuracy >= {args.stop_acc} at every KV count after {early} steps "
+                    f"({early / spe:.1f} epochs): solved, stopping (Zoology's early stop)")
+                bar.update(1); break
         bar.update(1)
     if cuda: torch.cuda.synchronize(dev)
     t_end = time.time()
@@ -315,7 +326,7 @@ def train_mqar(cfg: HybridConfig, data: dict, args: MQARTrainArgs, device='auto'
                 vocab_size=cfg.vocab_size, kv_pairs=[int(k) for k in data['test']],
                 acc_by_kv=test, mean_acc=float(np.mean(list(test.values()))), val_acc_by_kv=val,
                 val_acc=float(np.mean(list(val.values()))), final_loss=hist[-1][1] if hist else float('nan'),
-                diverged=diverged, loss_curve=hist[::keep] + ([hist[-1]] if hist and (len(hist) - 1) % keep else []),
+                diverged=diverged, early_stopped=early is not None, stop_acc=args.stop_acc, loss_curve=hist[::keep] + ([hist[-1]] if hist and (len(hist) - 1) % keep else []),
                 val_curve=val_curve, train_s=t_before + t_end - t_start, resumed_at=start or None, tok_per_s=tok_s, device=str(dev),
                 device_name=torch.cuda.get_device_name(dev) if cuda else 'cpu', bf16=bf16, compile=bool(args.compile),
                 cuda_graphs=graph is not None, note=note)
@@ -345,7 +356,7 @@ def run_spec(spec: dict, data: dict | None = None, device='auto', progress: bool
     cfg = mqar_config(spec['pattern'], int(spec['d_model']), spec['vocab_size'], spec['seq_len'], spec.get('d_state', 64),
                       **(spec.get('model_overrides') or {}))
     args = MQARTrainArgs(lr=float(spec['lr']), epochs=spec['epochs'], batch_size=int(spec['batch_size']),
-                         max_steps=spec.get('max_steps'), compile=bool(spec.get('compile')),
+                         max_steps=spec.get('max_steps'), stop_acc=spec.get('stop_acc', 0.99), compile=bool(spec.get('compile')),
                          cuda_graphs=bool(spec.get('cuda_graphs')), seed=int(spec['seed']), progress=progress)
     res = train_mqar(cfg, data, args, device, label=run_key(spec), log=log, ckpt=ckpt, should_stop=should_stop)
     if not res.get('stopped'): res.update(key=run_key(spec), phase=spec.get('phase'), profile=spec.get('profile'))
@@ -382,8 +393,26 @@ if __name__ == '__main__': sys.exit(main())
 def grid_specs(p: dict) -> list[dict]:
     "Phase-1 runs: every pattern × width × learning rate, first seed."
     base = {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items() if k not in ('patterns', 'widths', 'lrs', 'seeds')}
+    lrs = sorted(p['lrs'], key=lambda x: abs(math.log(x / 1e-3)))            # middle-out: 1e-3, 3e-3, 3e-4, 1e-2
     return [dict(base, pattern=pat, d_model=w, lr=lr, seed=p['seeds'][0], phase='lr')
-            for w in p['widths'] for pat in p['patterns'] for lr in p['lrs']]
+            for w in p['widths'] for pat in p['patterns'] for lr in lrs]
+
+def is_solved(r: dict, stop_acc: float | None = 0.99) -> bool:
+    "Whether run `r` solved the task: validation accuracy >= `stop_acc` at every KV count."
+    return bool(r.get('val_acc_by_kv')) and min(r['val_acc_by_kv'].values()) >= (stop_acc if stop_acc is not None else 0.99)
+
+def solved_lr(runs_dir, spec: dict) -> float | None:
+    "The learning rate at which the same pattern, width and seed already solved the task in phase 1 (None: not yet)."
+    for f in Path(runs_dir).glob(f"{spec['pattern']}_d{spec['d_model']}_lr*_s{spec['seed']}.json"):
+        try: r = json.loads(f.read_text())
+        except (OSError, ValueError): continue
+        if r.get('phase') == 'lr' and not r.get('skipped') and is_solved(r, spec.get('stop_acc')): return r['lr']
+    return None
+
+def skip_record(spec: dict, lr: float) -> dict:
+    "The run file of a phase-1 run not trained because its (pattern, width) had solved the task at `lr`."
+    return dict(key=run_key(spec), pattern=spec['pattern'], d_model=spec['d_model'], lr=spec['lr'], seed=spec['seed'],
+                phase=spec['phase'], skipped=f"not run: the task was solved at lr {lr:g}")
 
 def choose_lrs(results: list[dict]) -> dict:
     "`{(pattern, d_model): lr}` with the best mean validation accuracy (first seed; ties: the smaller lr)."
@@ -393,6 +422,24 @@ def choose_lrs(results: list[dict]) -> dict:
         k, v = (r['pattern'], r['d_model']), (-1.0 if r.get('diverged') else r['val_acc'])
         if k not in best or v > best[k][0] or (v == best[k][0] and r['lr'] < best[k][1]): best[k] = (v, r['lr'])
     return {k: lr for k, (v, lr) in best.items()}
+
+def edge_specs(p: dict, results: list[dict]) -> list[dict]:
+    """Phase-1 extensions: a (pattern, width) whose best rate is the grid's smallest (largest) and that has not solved the
+    task gets one more run a grid step below (above) it, so a chosen rate is never an unsolved edge of the search."""
+    lrs = sorted(p['lrs'])
+    if len(lrs) < 2: return []
+    step = (lrs[-1] / lrs[0]) ** (1 / (len(lrs) - 1))                   # the grid's mean ratio, rounded to 1 or 3 x 10^k
+    nice = lambda x: min((m * 10.0 ** math.floor(math.log10(x)) for m in (1, 3, 10)), key=lambda c: abs(math.log(c / x)))
+    lo, hi = nice(lrs[0] / step), nice(lrs[-1] * step)
+    base = {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items() if k not in ('patterns', 'widths', 'lrs', 'seeds')}
+    out = []
+    for (pat, w), lr in sorted(choose_lrs(results).items()):
+        if pat not in p['patterns'] or w not in p['widths']: continue
+        rs = [r for r in results if r['pattern'] == pat and r['d_model'] == w and r.get('phase') == 'lr' and r['lr'] == lr]
+        if not rs or is_solved(rs[0], p.get('stop_acc')): continue
+        if lr == lrs[0]: out.append(dict(base, pattern=pat, d_model=w, lr=lo, seed=p['seeds'][0], phase='lr', edge=True))
+        if lr == lrs[-1]: out.append(dict(base, pattern=pat, d_model=w, lr=hi, seed=p['seeds'][0], phase='lr', edge=True))
+    return out
 
 def seed_specs(p: dict, best: dict) -> list[dict]:
     "Phase-2 runs: the other seeds at each (pattern, width)'s chosen learning rate."
@@ -407,14 +454,19 @@ def inprocess_executor(device='auto', progress: bool = True, cache_dir=None, log
         for i, s in enumerate(specs):
             dk = tuple(json.dumps(s[k]) for k in DATA_KEYS)
             if dk not in cache: cache.clear(); cache[dk] = load_mqar_splits(cache_dir, **{k: s[k] for k in DATA_KEYS})
+            if s['phase'] == 'lr' and (lr := solved_lr(runs_dir, s)) is not None:
+                (Path(runs_dir) / f"{run_key(s)}.json").write_text(json.dumps(skip_record(s, lr), indent=1))
+                log(f"run {i + 1}/{len(specs)}: {run_key(s)} skipped: solved at lr {lr:g}"); continue
             log(f"run {i + 1}/{len(specs)}: {run_key(s)} ({s['phase']} phase)")
             res = run_spec(s, cache[dk], device, progress, log=log)
             (Path(runs_dir) / f"{run_key(s)}.json").write_text(json.dumps(res, indent=1))
             log(f"  test accuracy {res['acc_by_kv']}, val {res['val_acc']:.3f}, {_fmt_s(res['train_s'])}")
     return execute
 
-def load_runs(runs_dir) -> list[dict]:
-    return [json.loads(f.read_text()) for f in sorted(Path(runs_dir).glob('*.json'))]
+def load_runs(runs_dir, skipped: bool = False) -> list[dict]:
+    "The trained runs' results in `runs_dir` (`skipped=True`: also the records of runs skipped as already solved)."
+    rs = [json.loads(f.read_text()) for f in sorted(Path(runs_dir).glob('*.json'))]
+    return rs if skipped else [r for r in rs if not r.get('skipped')]
 
 def run_grid(p: dict, root, execute, log=print) -> dict:
     "Both phases of the grid into `root/runs/` (existing results are kept), then `write_grid_outputs`."
@@ -427,15 +479,22 @@ def run_grid(p: dict, root, execute, log=print) -> dict:
     if todo: execute(todo, runs_dir)
     ph2 = []
     if len(done(ph1)) == len(ph1):
+        ext = edge_specs(p, load_runs(runs_dir))                           # one grid step beyond an unsolved edge
+        todo = [s for s in ext if s not in done(ext)]
+        if ext: log(f"phase 1, extended: {len(ext)} runs beyond the edge of the learning-rate grid, {len(ext) - len(todo)} already done")
+        if todo: execute(todo, runs_dir)
+        ph1 = ph1 + ext
+    if len(done(ph1)) == len(ph1):
         ph2 = seed_specs(p, choose_lrs(load_runs(runs_dir)))
         todo = [s for s in ph2 if s not in done(ph2)]
         log(f"phase 2 (seeds at the chosen learning rate): {len(ph2)} runs, {len(ph2) - len(todo)} already done")
         if todo: execute(todo, runs_dir)
     expected = len(ph1) + len(p['patterns']) * len(p['widths']) * (len(p['seeds']) - 1)
-    results = load_runs(runs_dir)
     keys = {run_key(s) for s in ph1 + ph2}
+    every = [r for r in load_runs(runs_dir, skipped=True) if r['key'] in keys]
     complete = len(done(ph1)) == len(ph1) and len(done(ph2)) == len(ph2) == expected - len(ph1)
-    return write_grid_outputs(root, p, [r for r in results if r['key'] in keys], complete=complete, expected=expected)
+    return write_grid_outputs(root, p, [r for r in every if not r.get('skipped')], complete=complete, expected=expected,
+                              skipped=sum(bool(r.get('skipped')) for r in every))
 
 # %% ../nbs/62_ablate.fast.ipynb #1dcf9e73
 FAIL_ACC, SOLVE_ACC, REACH = 0.5, 0.9, 0.9
@@ -468,8 +527,16 @@ def mqar_table(results: list[dict]):
 def _scale(results: list[dict]) -> str:
     r = results[0]
     devs = '/'.join(sorted({x.get('device_name', x.get('device', '?')) for x in results}))
-    return (f"seq {r['seq_len']}, vocab {r['vocab_size']}, {r['n_train']:,} train seqs × {r['epochs']:.0f} epochs "
-            f"({r['examples_seen']:,} seen), batch {r['batch']}, {devs}")
+    planned = max(x.get('planned_steps', x['steps']) for x in results) * r['batch'] / r['n_train']
+    n_early = sum(bool(x.get('early_stopped')) for x in results)
+    return (f"seq {r['seq_len']}, vocab {r['vocab_size']}, {r['n_train']:,} train seqs × up to {planned:.0f} epochs "
+            f"({max(x['examples_seen'] for x in results):,} seen at most; {n_early} of {len(results)} runs stopped early "
+            f"once solved), batch {r['batch']}, {devs}")
+
+def _wrap(text: str, fig) -> str:
+    "A title broken into lines that fit the figure's width (about 150 characters per 10 inches at font size 8)."
+    import textwrap
+    return '\n'.join(textwrap.wrap(text, max(40, int(fig.get_figwidth() * 15))))
 
 def plot_mqar(results: list[dict], out_dir) -> list[Path]:
     "The paper's two MQAR plots (and the learning-rate sweep) into `out_dir`; returns the PNG paths."
@@ -494,7 +561,7 @@ def plot_mqar(results: list[dict], out_dir) -> list[Path]:
         ax.set_xscale('log', base=2); ax.set_xticks(ks, [str(k) for k in ks]); ax.minorticks_off()
         ax.set(title=f"d_model {w}", xlabel='key-value pairs', ylim=(-0.03, 1.03)); ax.grid(alpha=0.3)
     axs[0][0].set_ylabel('test accuracy'); axs[0][-1].legend(fontsize=7, loc='lower left')
-    fig.suptitle(f"MQAR accuracy vs KV pairs ({_scale(results)}); best lr on validation; bars: min–max over {nseed} seeds", fontsize=8)
+    fig.suptitle(_wrap(f"MQAR accuracy vs KV pairs ({_scale(results)}); best lr on validation; bars: min–max over {nseed} seeds", fig), fontsize=8)
     fig.tight_layout(); paths.append(out / 'mqar_acc_vs_kv.png'); fig.savefig(paths[-1], dpi=110); plt.close(fig)
 
     kmax = max(int(k) for r in results for k in r['acc_by_kv'])
@@ -506,7 +573,7 @@ def plot_mqar(results: list[dict], out_dir) -> list[Path]:
         ax.errorbar(ws, m, yerr=[m - [x.min() for x in a], [x.max() for x in a] - m], label=p, **style(p))
     ax.set_xscale('log', base=2); ax.set_xticks(widths, [str(w) for w in widths]); ax.minorticks_off()
     ax.set(xlabel='d_model', ylabel=f'test accuracy at {kmax} KV pairs', ylim=(-0.03, 1.03)); ax.grid(alpha=0.3)
-    ax.set_title(f"MQAR at {kmax} KV pairs vs width; bars: min–max over {nseed} seeds\n{_scale(results)}", fontsize=8)
+    ax.set_title(_wrap(f"MQAR at {kmax} KV pairs vs width; bars: min–max over {nseed} seeds. {_scale(results)}", fig), fontsize=8)
     ax.legend(fontsize=7); fig.tight_layout(); paths.append(out / 'mqar_acc_vs_dmodel.png'); fig.savefig(paths[-1], dpi=110); plt.close(fig)
 
     ph1 = [r for r in results if r.get('phase') == 'lr']
@@ -518,7 +585,7 @@ def plot_mqar(results: list[dict], out_dir) -> list[Path]:
                 if rs: ax.plot([r['lr'] for r in rs], [r['val_acc'] for r in rs], label=p, **{k: v for k, v in style(p).items() if k != 'capsize'})
             ax.set_xscale('log'); ax.set(title=f"d_model {w}", xlabel='peak learning rate', ylim=(-0.03, 1.03)); ax.grid(alpha=0.3)
         axs[0][0].set_ylabel('validation accuracy (mean over KV)'); axs[0][-1].legend(fontsize=7)
-        fig.suptitle(f"MQAR learning-rate sweep, seed {ph1[0]['seed']} ({_scale(ph1)})", fontsize=8)
+        fig.suptitle(_wrap(f"MQAR learning-rate sweep, seed {ph1[0]['seed']} ({_scale(ph1)})", fig), fontsize=8)
         fig.tight_layout(); paths.append(out / 'mqar_lr_sweep.png'); fig.savefig(paths[-1], dpi=110); plt.close(fig)
     return paths
 
@@ -527,7 +594,8 @@ def _ms(a) -> str:
     a = np.asarray(a, dtype=float)
     return f"{a.mean():.3f} ± {a.std():.3f} [{a.min():.3f}–{a.max():.3f}]" if len(a) > 1 else f"{a.mean():.3f} (1 seed)"
 
-def mqar_conclusion(results: list[dict], p: dict, complete: bool = True, expected: int | None = None, title: str = 'MQAR layer-pattern grid') -> str:
+def mqar_conclusion(results: list[dict], p: dict, complete: bool = True, expected: int | None = None, title: str = 'MQAR layer-pattern grid',
+                    skipped: int = 0) -> str:
     "Markdown: the protocol, the accuracy at the largest KV count per (pattern, width), and the two computed answers (see above)."
     if not results: return f"**{title}**\n\nNo runs yet: no verdict."
     ch = chosen_runs(results)
@@ -536,7 +604,8 @@ def mqar_conclusion(results: list[dict], p: dict, complete: bool = True, expecte
     lines = [f"**{title}** (profile `{p.get('profile')}`)", '',
              f"Protocol: {_scale(results)}; KV pairs {', '.join(map(str, sorted({int(k) for r in results for k in r['acc_by_kv']})))}; "
              f"learning rates {', '.join(f'{x:g}' for x in p['lrs'])} (chosen per pattern and width on validation); "
-             f"seeds {', '.join(map(str, p['seeds']))}; {len(results)} runs" + (f" of {expected}" if expected else '') + '.', '',
+             f"seeds {', '.join(map(str, p['seeds']))}; {len(results) + skipped} runs" + (f" of {expected}" if expected else '')
+             + (f" ({skipped} not trained: their pattern and width had solved the task at another rate)" if skipped else '') + '.', '',
              f"| pattern | d_model | lr | test acc @{kmax} KV: mean ± std [min–max] | mean acc over KV |", '|---|---|---|---|---|']
     for (pat, w), rs in sorted(ch.items(), key=lambda kv: (len(kv[0][0]), kv[0][1], kv[0][0])):
         lines.append(f"| `{pat}` | {w} | {rs[0]['lr']:g} | {_ms(_acc(rs, kmax))} | {np.mean([r['mean_acc'] for r in rs]):.3f} |")
@@ -544,7 +613,7 @@ def mqar_conclusion(results: list[dict], p: dict, complete: bool = True, expecte
     if stds: lines += ['', f"Seed spread (std of accuracy at {kmax} KV over {nseed}+ seeds): median {np.median(stds):.3f}, largest {max(stds):.3f}."]
     sf = shortfalls(p, results)
     if not complete:
-        return '\n'.join(lines + ['', f"**Incomplete grid** ({len(results)} of {expected} runs): no verdict yet; rerun the same command to resume."])
+        return '\n'.join(lines + ['', f"**Incomplete grid** ({len(results) + skipped} of {expected} runs): no verdict yet; rerun the same command to resume."])
     if sf:
         return '\n'.join(lines + ['', "**Smoke test: no verdict** — below the published protocol: " + '; '.join(sf) + '.'])
     q1, q2 = [], []
@@ -576,16 +645,16 @@ def mqar_conclusion(results: list[dict], p: dict, complete: bool = True, expecte
               f"{verdict(q2, 'reaches', 'falls short')} — " + '; '.join(f"{t} ({v})" for v, t in q2) + '.']
     return '\n'.join(lines)
 
-def write_grid_outputs(root, p: dict, results: list[dict], complete: bool = True, expected: int | None = None) -> dict:
+def write_grid_outputs(root, p: dict, results: list[dict], complete: bool = True, expected: int | None = None, skipped: int = 0) -> dict:
     "results.json, results_table.csv/.md, the plots and conclusion.md of a grid, in `root`."
     root = Path(root); root.mkdir(parents=True, exist_ok=True)
     tab = mqar_table(results)
     best = choose_lrs(results)
-    (root / 'results.json').write_text(json.dumps({'task': 'mqar', 'protocol': p, 'complete': complete, 'expected_runs': expected,
+    (root / 'results.json').write_text(json.dumps({'task': 'mqar', 'protocol': p, 'complete': complete, 'expected_runs': expected, 'skipped_runs': skipped,
                                                    'chosen_lr': [dict(pattern=k[0], d_model=k[1], lr=v) for k, v in best.items()],
                                                    'table': tab.to_dict('records'), 'results': results}, indent=1))
     if len(tab): tab.to_csv(root / 'results_table.csv', index=False); (root / 'results_table.md').write_text(tab.to_markdown(index=False, floatfmt='.3f'))
-    concl = mqar_conclusion(results, p, complete, expected)
+    concl = mqar_conclusion(results, p, complete, expected, skipped=skipped)
     (root / 'conclusion.md').write_text(concl + '\n')
     return {'results': results, 'table': tab, 'plots': plot_mqar(results, root) if results else [], 'conclusion': concl,
             'complete': complete}

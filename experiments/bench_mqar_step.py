@@ -5,7 +5,8 @@ Parts (`--parts`, comma-separated):
 
 * `steps`: steady-state training throughput of one grid run (`python -m hybridslm.ablate_fast`, the lean trainer)
   per pattern, width, Mamba chunk size, with and without `torch.compile` (always with the whole step as a CUDA graph);
-* `profile`: the top CUDA kernels of a few eager training steps (torch profiler), per pattern;
+* `profile`: the top CUDA kernels of a few eager training steps (torch profiler), per pattern; `cprofile`: the same
+  with the loss module compiled, as the grid runs it (before the whole step is captured as a CUDA graph);
 * `share`: the summed throughput of N copies of one run sharing the GPU as separate processes (N = 1, 2, 4): whether
   the sweep driver's `--jobs-per-gpu` adds throughput or only divides it.
 
@@ -68,7 +69,7 @@ def part_share(tmp: Path, steps: int, pattern='MMMM', d_model=128) -> list[dict]
     return rows
 
 
-def part_profile(patterns=(('MMMM', 128), ('AAAA', 128))) -> list[dict]:
+def part_profile(patterns=(('MMMM', 128), ('AAAA', 128)), compiled: bool = False) -> list[dict]:
     import torch
     from torch.profiler import profile, ProfilerActivity
     from hybridslm.ablate_fast import mqar_config, mqar_splits, query_index, QueryHeadLoss
@@ -82,8 +83,9 @@ def part_profile(patterns=(('MMMM', 128), ('AAAA', 128))) -> list[dict]:
         torch.manual_seed(0)
         net = QueryHeadLoss(HybridForCausalLM(mqar_config(pat, w)).cuda())
         opt = torch.optim.AdamW(net.parameters(), lr=1e-3, fused=True)
+        fwd = torch.compile(net, dynamic=False) if compiled else net       # what the grid runs (before CUDA-graph capture)
         def step():
-            with torch.autocast('cuda', dtype=torch.bfloat16): loss = net(x, qp, ql)
+            with torch.autocast('cuda', dtype=torch.bfloat16): loss = fwd(x, qp, ql)
             loss.backward(); torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0); opt.step(); opt.zero_grad(set_to_none=True)
         for _ in range(3): step()
         torch.cuda.synchronize()
@@ -93,9 +95,9 @@ def part_profile(patterns=(('MMMM', 128), ('AAAA', 128))) -> list[dict]:
         ev = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
         tot = sum(e.device_time_total for e in ev) / 5
         top = [dict(kernel=e.key[:90], us_per_step=e.device_time_total / 5, calls_per_step=e.count / 5) for e in ev[:18]]
-        row = dict(part='profile', pattern=pat, d_model=w, gpu_us_per_step=tot,
+        row = dict(part='cprofile' if compiled else 'profile', pattern=pat, d_model=w, gpu_us_per_step=tot,
                    kernels_per_step=sum(e.count for e in ev) / 5, top=top)
-        print(f"profile {pat} d{w}: {tot / 1e3:.2f} ms of kernels per eager step, {row['kernels_per_step']:.0f} kernels", flush=True)
+        print(f"{'compiled ' if compiled else ''}profile {pat} d{w}: {tot / 1e3:.2f} ms of kernels per eager step, {row['kernels_per_step']:.0f} kernels", flush=True)
         for t in top: print(f"   {t['us_per_step']:9.1f} us  x{t['calls_per_step']:5.1f}  {t['kernel']}", flush=True)
         rows.append(row)
         del net, opt; torch.cuda.empty_cache()
@@ -119,7 +121,7 @@ def main(argv=None):
         for part in a.parts.split(','):
             t0 = time.time()
             rows += {'steps': lambda: part_steps(Path(td), a.steps), 'share': lambda: part_share(Path(td), a.steps),
-                     'profile': part_profile}[part]()
+                     'profile': part_profile, 'cprofile': lambda: part_profile(compiled=True)}[part]()
             print(f"part {part}: {time.time() - t0:.0f}s", flush=True)
             (out / 'results.json').write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
 

@@ -6,7 +6,7 @@
 #
 #     bash experiments/gpu_batch.sh train2gpu [quant]   # 2 GPUs: experiments/run_2gpu.sh, then the CUDA quant bench
 #     bash experiments/gpu_batch.sh gputests            # 1 GPU: the notebooks' `#| gpu` cells (nbdev_test --flags gpu)
-#     bash experiments/gpu_batch.sh ablate [lm]         # all GPUs: the MQAR grid (then the LM comparison), resumable
+#     bash experiments/gpu_batch.sh ablate [mqar|lm|both]  # all GPUs: the MQAR grid and/or the LM comparison, resumable
 #     bash experiments/gpu_batch.sh benchgpu            # 1 GPU: the final bench_gpu table (+ compiled at micro-batch 8)
 #     bash experiments/gpu_batch.sh benchfinal          # 1 GPU: mamba_ssm, ours compiled, ours eager (fits 575 s)
 #     bash experiments/gpu_batch.sh benchall            # 1 GPU: ours compiled, mamba_ssm, HF Llama (compiled decode)
@@ -133,18 +133,24 @@ case "${1:-}" in
       echo "exit $?"; tail -n 5 "$OUT/gputest_$(basename $nb .ipynb).log"
     done
     t=$(( $(left) - 20 )); [ "$t" -gt 60 ] && timeout "$t" nbdev_test --flags gpu --n_workers 1 > "$OUT/gputest_all.log" 2>&1; tail -n 8 "$OUT/gputest_all.log" ;;
-  ablate)     # the MQAR grid of the published protocol on every GPU of the host, then (with `lm`) the LM comparison;
-               # a sweep cut off by BUDGET_S resumes where it stopped when the same command runs again (finished runs are
-               # kept under papermill_runs/ablate/; copy that folder back between hosts)
-    t=$(( $(left) - 30 ))
-    python3 experiments/sweep_ablate.py --task mqar --gpus all ${MQAR_ARGS:-} --deadline-s "$t" > "$OUT/sweep_mqar.log" 2>&1
-    echo "mqar sweep exit $? (3: incomplete, run again)" >> "$OUT/sweep_mqar.log"
-    if [ "${2:-}" = lm ]; then
+  ablate)     # $2 = mqar (default): the MQAR grid of the published protocol on every GPU of the host; lm: the LM
+               # comparison on the corpus in .gpudata/corpus (a folder of .jsonl[.gz]/.txt files), tokenized once first;
+               # both: one then the other. A sweep cut off by BUDGET_S resumes where it stopped when the same command runs
+               # again (finished runs are kept under papermill_runs/ablate/; copy that folder back between hosts)
+    what=${2:-mqar}
+    if [ "$what" != lm ]; then
       t=$(( $(left) - 30 ))
-      python3 experiments/sweep_ablate.py --task lm --gpus all --deadline-s "$t" -p device=cuda -p lm_source=.gpudata/corpus \
-          > "$OUT/sweep_lm.log" 2>&1; echo "lm sweep exit $? (3: incomplete, run again)" >> "$OUT/sweep_lm.log"
+      python3 experiments/sweep_ablate.py --task mqar --gpus all ${MQAR_ARGS:-} --deadline-s "$t" > "$OUT/sweep_mqar.log" 2>&1
+      echo "mqar sweep exit $? (3: incomplete, run again)" >> "$OUT/sweep_mqar.log"
     fi
-    tar czf "$OUT/ablate.tgz" --exclude='*.safetensors' --exclude='*.pt' papermill_runs/ablate 2>/dev/null
+    if [ "$what" != mqar ]; then
+      TOKENIZERS_PARALLELISM=true python3 -c "from hybridslm.ablate import lm_data; d = lm_data('$PWD/.gpudata/corpus', 512); \
+          print(f\"{d['n_train_tokens']:,} train / {d['n_val_tokens']:,} val tokens\")" 2>&1 | grep -v Warn | tail -n 2
+      t=$(( $(left) - 30 ))
+      python3 experiments/sweep_ablate.py --task lm --gpus all ${LM_ARGS:-} --deadline-s "$t" -p device=cuda \
+          -p lm_source=.gpudata/corpus > "$OUT/sweep_lm.log" 2>&1; echo "lm sweep exit $? (3: incomplete, run again)" >> "$OUT/sweep_lm.log"
+    fi
+    tar czf "$OUT/ablate.tgz" --exclude='*.safetensors' --exclude='*.pt' --exclude='checkpoint*' --exclude='tb' papermill_runs/ablate 2>/dev/null
     tail -n 25 "$OUT"/sweep_*.log ;;
   final)   # the 1-GPU DeepSpeed baseline, then a demo model trained on the GPU and the quantization bench on it (GPU 0).
            # Results as a few tarballs under $OUT, easy to copy back.

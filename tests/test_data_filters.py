@@ -1,4 +1,4 @@
-"Filters, dedup and packing on real data (repo data/ subsets; the full shared lingua set when it is present)."
+"Filters, dedup and packing on real data (repo data/ subsets; the full lingua set when HYBRIDSLM_DATA_DIR points at a copy)."
 import gzip, json, random
 from pathlib import Path
 import numpy as np, pytest, torch
@@ -9,7 +9,8 @@ from hybridslm.data.pack import PackWriter, PackedTokenDataset, pack_texts, trai
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / 'data'
-SHARED_LINGUA = ROOT.parent / 'shared/data/rawweb/lingua_sentences.jsonl.gz'
+import os
+SHARED_LINGUA = Path(os.environ.get('HYBRIDSLM_DATA_DIR', '/nonexistent')) / 'rawweb/lingua_sentences.jsonl.gz'
 c4 = [json.loads(l)['text'] for l in open(DATA / 'rawweb/c4_sample.jsonl')]
 
 def lingua():

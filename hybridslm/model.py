@@ -81,14 +81,6 @@ class HybridPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        own = [p for p in module.parameters(recurse=False) if hasattr(p, 'ds_id')]
-        if not own: return self._init_module(module)
-        import deepspeed      # built under deepspeed.zero.Init (ZeRO-3): gather, initialise on rank 0, re-partition
-        with deepspeed.zero.GatheredParameters(own, modifier_rank=0):
-            self._init_module(module)
-
-    @torch.no_grad()
-    def _init_module(self, module):
         c, std = self.config, self.config.initializer_range
         if isinstance(module, nn.Linear):
             s = std / math.sqrt(2 * c.n_layers) if (c.rescale_prenorm_residual and getattr(module, '_is_residual_out', False)) else std

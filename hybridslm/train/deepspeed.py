@@ -18,8 +18,8 @@ from .loop import (TrainArgs, BatchSampler, evaluate, count_bad_step, budget_ste
 from .monitor import step_metrics, memory_stats
 
 # %% auto #0
-__all__ = ['default_zero_stage', 'make_ds_config', 'init_distributed', 'zero3_init', 'safe_torch_load', 'fit_deepspeed',
-           'ds_checkpoint_to_hf']
+__all__ = ['default_zero_stage', 'make_ds_config', 'init_distributed', 'ds_param_shape', 'gathered_weight_init', 'zero3_init',
+           'safe_torch_load', 'fit_deepspeed', 'ds_checkpoint_to_hf']
 
 # %% ../../nbs/23_train.deepspeed.ipynb #66affd06
 def default_zero_stage(preset: str | None) -> int:
@@ -71,14 +71,34 @@ def init_distributed(cpu_shm_comm: bool = False) -> tuple[int, int, torch.device
     return rank, world, dev
 
 # %% ../../nbs/23_train.deepspeed.ipynb #47bdd27e
+def ds_param_shape(p: torch.Tensor) -> torch.Size:
+    "The full shape of `p`, also when it is a ZeRO-3 partitioned parameter (whose data is an empty shard)."
+    return getattr(p, 'ds_shape', p.shape)
+
+@contextlib.contextmanager
+def gathered_weight_init():
+    "Within the block, HF's per-module weight init gathers the module's ZeRO-3 partitioned parameters first (init on the whole tensors, rank 0's values kept)."
+    import deepspeed
+    from transformers import PreTrainedModel
+    real = PreTrainedModel._initialize_weights
+    def _initialize_weights(self, module, *args, **kwargs):
+        own = [p for p in module.parameters(recurse=False) if hasattr(p, 'ds_id')]
+        with deepspeed.zero.GatheredParameters(own, modifier_rank=0, enabled=bool(own)):
+            return real(self, module, *args, **kwargs)
+    PreTrainedModel._initialize_weights = _initialize_weights
+    try: yield
+    finally: PreTrainedModel._initialize_weights = real
+
+@contextlib.contextmanager
 def zero3_init(enabled: bool = True):
-    "Context manager: models built inside are partitioned across ranks at construction (ZeRO-3); a no-op if not `enabled`."
-    import contextlib
-    if not enabled: return contextlib.nullcontext()
+    "Context manager: models built inside are partitioned across ranks at construction (ZeRO-3) and initialised as if whole; a no-op if not `enabled`."
+    if not enabled: yield; return
     init_distributed()
     import deepspeed
     # bf16 is autocast here (no DeepSpeed 'bf16' section), so parameters stay fp32 and only the stage matters
-    return deepspeed.zero.Init(config_dict_or_path={'train_micro_batch_size_per_gpu': 1, 'zero_optimization': {'stage': 3}})
+    with deepspeed.zero.Init(config_dict_or_path={'train_micro_batch_size_per_gpu': 1, 'zero_optimization': {'stage': 3}}), \
+         gathered_weight_init():
+        yield
 
 # %% ../../nbs/23_train.deepspeed.ipynb #27ba4191
 def _ds_safe_globals():
@@ -256,9 +276,9 @@ def fit_deepspeed(model, train_data, val_data=None, args: TrainArgs | None = Non
                          **(ds_overrides or {}))
     if offload and cfg.get('zero_force_ds_cpu_optimizer', True):
         from deepspeed.ops.adam import DeepSpeedCPUAdam
-        opt = DeepSpeedCPUAdam(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.95), adamw_mode=True)
+        opt = DeepSpeedCPUAdam(param_groups(model, args.weight_decay, ds_param_shape), lr=args.lr, betas=(0.9, 0.95), adamw_mode=True)
     else:
-        opt = make_optimizer(model, lr=args.lr, weight_decay=args.weight_decay)
+        opt = make_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, shape_of=ds_param_shape)
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
     mcfg = getattr(engine.module, 'config', None)
     vocab = getattr(mcfg, 'vocab_size', None)

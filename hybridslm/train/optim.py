@@ -20,21 +20,22 @@ def lr_at(step: int, peak: float, warmup: int, total: int, min_ratio: float = 0.
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 # %% ../../nbs/20_train.optim.ipynb #628ae0f7
-def param_groups(model: nn.Module, weight_decay: float = 0.1):
-    "Two AdamW groups: decayed (>= 2-D weights) and not decayed (1-D, norms, biases, SSM A_log/D/dt_bias)."
+def param_groups(model: nn.Module, weight_decay: float = 0.1, shape_of=None):
+    "Two AdamW groups: decayed (>= 2-D weights) and not decayed (1-D, norms, biases, SSM A_log/D/dt_bias); `shape_of(p)`: a parameter's full shape (default `p.shape`)."
+    shape_of = shape_of or (lambda p: p.shape)
     decay, no_decay, seen = [], [], set()
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen: continue    # tied weights appear once
         seen.add(id(p))
-        ndim = len(getattr(p, 'ds_shape', p.shape))          # a ZeRO-3 partitioned parameter keeps its shape in ds_shape
+        ndim = len(shape_of(p))
         (no_decay if ndim < 2 or getattr(p, '_no_weight_decay', False) else decay).append(p)
     return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
 
 def make_optimizer(model: nn.Module, lr: float = 3e-4, weight_decay: float = 0.1, betas=(0.9, 0.95), eps: float = 1e-8,
-                   fused: bool | None = None) -> torch.optim.AdamW:
-    "AdamW (β = 0.9/0.95) over `param_groups`; fused on CUDA."
+                   fused: bool | None = None, shape_of=None) -> torch.optim.AdamW:
+    "AdamW (β = 0.9/0.95) over `param_groups` (`shape_of` goes to it); fused on CUDA."
     if fused is None: fused = next(model.parameters()).is_cuda
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, fused=fused)
+    return torch.optim.AdamW(param_groups(model, weight_decay, shape_of), lr=lr, betas=betas, eps=eps, fused=fused)
 
 # %% ../../nbs/20_train.optim.ipynb #3e5b5147
 SSM_FP32_PARAMS = ('A_log', 'D', 'dt_bias')

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['EOS', 'FORMAT', 'train_tokenizer', 'load_tokenizer', 'tokenize', 'PackWriter', 'PackedTokenDataset', 'pack_texts']
+__all__ = ['EOS', 'FORMAT', 'train_tokenizer', 'packing_tokenizer', 'tokenize', 'PackWriter', 'PackedTokenDataset', 'pack_texts']
 
 # %% ../../nbs/13_data.pack.ipynb #11a33312
 EOS = '<|endoftext|>'
@@ -23,8 +23,8 @@ def train_tokenizer(texts, vocab_size: int = 8192, out_dir=None, min_frequency: 
     if out_dir is not None: fast.save_pretrained(str(out_dir))
     return fast
 
-def load_tokenizer(tokenizer):
-    "A fast tokenizer from an object, or a name/directory via `hybridslm.tokenizer.load_tokenizer`; it must define EOS."
+def packing_tokenizer(tokenizer):
+    "The tokenizer packing uses: `tokenizer` itself, or the one `hybridslm.tokenizer.load_tokenizer` loads for a name/directory; it must be fast and define EOS."
     if isinstance(tokenizer, (str, os.PathLike)):
         from hybridslm.tokenizer import load_tokenizer as _load
         try: tokenizer = _load(str(tokenizer))
@@ -45,7 +45,7 @@ def _tok_batch(texts):
 
 def tokenize(texts, tokenizer, num_proc: int = 1, batch_size: int = 64) -> list:
     "Token ids (uint32 arrays, no special tokens) of each text, in order."
-    tokenizer = load_tokenizer(tokenizer)
+    tokenizer = packing_tokenizer(tokenizer)
     texts = list(texts)
     batches = [texts[i:i + batch_size] for i in range(0, len(texts), batch_size)]
     if num_proc <= 1:
@@ -168,7 +168,7 @@ class PackedTokenDataset(torch.utils.data.Dataset):
 def pack_texts(texts, tokenizer, seq_len: int, out_dir, num_proc: int = 1, seqs_per_shard: int = 4096,
                overwrite: bool = False, batch_size: int = 64, **meta) -> dict:
     "Tokenize `texts`, pack them with EOS separators into `out_dir`; returns the index."
-    tokenizer = load_tokenizer(tokenizer)
+    tokenizer = packing_tokenizer(tokenizer)
     w = PackWriter(out_dir, seq_len, len(tokenizer), tokenizer.eos_token_id, seqs_per_shard, overwrite)
     for ids in tokenize(texts, tokenizer, num_proc, batch_size): w.add(ids)
     return w.close(tokenizer=getattr(tokenizer, 'name_or_path', '') or 'in-memory', **meta)

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .sources import SourceSpec, Mixture, iter_records, interleave, mixture_report
 from .filters import FilterConfig, ALL_FILTERS, apply_filters, quality_keep
 from .dedup import exact_hash, minhash, dedup, perturb
-from .pack import train_tokenizer, load_tokenizer, PackWriter, _init_worker, _tok_batch
+from .pack import train_tokenizer, packing_tokenizer, PackWriter, _init_worker, _tok_batch
 
 # %% auto #0
 __all__ = ['CurateConfig', 'stage1', 'stage2', 'get_tokenizer', 'stage3', 'stage4', 'curate', 'build_report',
@@ -165,7 +165,7 @@ def _stage3_chunk(args):
 
 def get_tokenizer(cfg: CurateConfig, plan: list, sel: dict):
     out = Path(cfg.out_dir)
-    if cfg.tokenizer is not None: return load_tokenizer(cfg.tokenizer)
+    if cfg.tokenizer is not None: return packing_tokenizer(cfg.tokenizer)
     if not (out / 'tokenizer').exists():
         texts = [r['text'] for t in _load_chunks(out, plan, ['key', 'reason', 'text']) for r in t.to_pylist()
                  if r['reason'] is None and r['key'] not in sel['dropped']]
@@ -173,7 +173,7 @@ def get_tokenizer(cfg: CurateConfig, plan: list, sel: dict):
         tmpd = out / f'.tokenizer.{uuid.uuid4().hex}.tmp'
         train_tokenizer(texts[:20000], cfg.tokenizer_vocab, tmpd)
         os.replace(tmpd, out / 'tokenizer')
-    return load_tokenizer(out / 'tokenizer')
+    return packing_tokenizer(out / 'tokenizer')
 
 def stage3(cfg: CurateConfig, plan: list, sel: dict, tok):
     out = Path(cfg.out_dir); (out / 'tokens').mkdir(exist_ok=True)

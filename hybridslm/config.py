@@ -9,8 +9,9 @@ from typing import Sequence
 from transformers import PretrainedConfig
 
 # %% auto #0
-__all__ = ['LAYER_TYPES', 'SEED_ATTN_IDX_24', 'PRESETS', 'parse_layer_pattern', 'pattern_from_indices', 'HybridConfig',
-           'seed_like_pattern', 'check_config_overrides', 'count_params']
+__all__ = ['LAYER_TYPES', 'SEED_ATTN_IDX_24', 'PRESETS', 'AUTO_MAP', 'LOADER_SHIMS', 'parse_layer_pattern',
+           'pattern_from_indices', 'HybridConfig', 'seed_like_pattern', 'check_config_overrides', 'count_params',
+           'write_loader_shims']
 
 # %% ../nbs/00_config.ipynb #94bd2c10
 LAYER_TYPES = {'M': 'mamba', 'A': 'attention'}
@@ -132,6 +133,30 @@ class HybridConfig(PretrainedConfig):
         need(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
         return self
 
+    # defined with the pieces they use further down: `PRESETS`, `count_params`, the loader shims
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> HybridConfig:
+        "Build a config from a named preset (`PRESETS`); keyword arguments override preset fields."
+        key = str(name).lower()
+        if key not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[key], **overrides})
+
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        "Exact number of parameters of `HybridForCausalLM(self)` (`count_params`)."
+        return count_params(self, non_embedding)
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        "HF's `save_pretrained`, plus the loader shims and `auto_map` that let any process load the folder (`write_loader_shims`)."
+        write_loader_shims(save_directory)
+        self.auto_map = dict(AUTO_MAP)
+        return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class='AutoConfig'):
+        "A no-op: checkpoints carry loader shims that import the installed package, never a copy of its source."
+        return None
+
 # %% ../nbs/00_config.ipynb #144a8411
 SEED_ATTN_IDX_24 = (1, 2, 6, 11, 16, 21, 22, 23)
 
@@ -160,15 +185,6 @@ PRESETS: dict[str, dict] = {
     '6.7b':  dict(d_model=4096, layer_pattern=seed_like_pattern(32), n_heads=32, n_kv_heads=8),
     '13b':   dict(d_model=5120, layer_pattern=seed_like_pattern(40), n_heads=40, n_kv_heads=8),
 }
-
-@classmethod
-def _from_preset(cls, name: str, **overrides) -> HybridConfig:
-    "Build a config from a named preset; keyword arguments override preset fields."
-    key = str(name).lower()
-    if key not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return cls(**{**PRESETS[key], **overrides})
-HybridConfig.from_preset = _from_preset
 
 # %% ../nbs/00_config.ipynb #4491ccd8
 def check_config_overrides(overrides: dict | None, what: str = 'model_overrides') -> dict:
@@ -209,7 +225,23 @@ def count_params(c: HybridConfig, non_embedding: bool = False) -> int:
     if non_embedding: return n
     return n + c.vocab_size * d * (1 if c.tie_word_embeddings else 2)
 
-HybridConfig.num_parameters = count_params
+# %% ../nbs/00_config.ipynb #b2e4d6f8
+AUTO_MAP = {'AutoConfig': 'configuration_hybridslm.HybridConfig', 'AutoModelForCausalLM': 'modeling_hybridslm.HybridForCausalLM'}
+_SHIM_NOTE = ("# Written by hybridslm's save_pretrained, so that `{auto}.from_pretrained(<this folder>, trust_remote_code=True)`\n"
+              "# finds the class in the installed hybridslm package (no source is copied into checkpoints).\n")
+LOADER_SHIMS = {'configuration_hybridslm.py': _SHIM_NOTE.format(auto='AutoConfig') + 'from hybridslm.config import HybridConfig\n',
+                'modeling_hybridslm.py': _SHIM_NOTE.format(auto='AutoModelForCausalLM') + 'from hybridslm.model import HybridForCausalLM\n'}
+
+def write_loader_shims(save_directory) -> list:
+    "Write the `auto_map` shim files (`LOADER_SHIMS`) into `save_directory`; returns their paths."
+    import os
+    os.makedirs(save_directory, exist_ok=True)
+    out = []
+    for name, text in LOADER_SHIMS.items():
+        path = os.path.join(save_directory, name)
+        with open(path, 'w') as f: f.write(text)
+        out.append(path)
+    return out
 
 # %% ../nbs/00_config.ipynb #61e2be9b
 from transformers import AutoConfig

@@ -108,6 +108,11 @@ class HybridPreTrainedModel(PreTrainedModel):
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool: return False   # we bring our own HybridCache
 
+    @classmethod
+    def register_for_auto_class(cls, auto_class='AutoModel'):
+        "A no-op: checkpoints carry loader shims that import the installed package (`HybridConfig.save_pretrained`), never a copy of its source."
+        return None
+
 # %% ../nbs/04_model.ipynb #d58b9f8c
 class HybridModel(HybridPreTrainedModel):
     "Embedding + hybrid blocks + final RMSNorm."

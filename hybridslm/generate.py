@@ -6,40 +6,135 @@
 from __future__ import annotations
 from typing import Iterator, Sequence
 import torch, torch.nn.functional as F
+try: from tokenizers.decoders import DecodeStream
+except ImportError: DecodeStream = None     # tokenizers < 0.21: the Python path of `IncrementalDecoder`
 
 # %% auto #0
-__all__ = ['filter_logits', 'sample_next', 'stream_tokens', 'stream_text']
+__all__ = ['filter_logits', 'sample_next', 'IncrementalDecoder', 'stream_tokens', 'stream_text']
 
 # %% ../nbs/05_generate.ipynb #92b3ddb8
-def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    "Apply temperature, top-k and top-p to `logits (..., V)`; removed entries become -inf."
-    if temperature < 0: raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if not 0 < top_p <= 1: raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if top_k < 0: raise ValueError(f"top_k must be >= 0, got {top_k}")
-    logits = logits.float() / max(temperature, 1e-6)
-    if top_k and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, -1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float('-inf'))
-    if top_p < 1.0:
-        sorted_l, idx = logits.sort(-1, descending=True)
-        cum = sorted_l.softmax(-1).cumsum(-1)
-        drop = (cum - sorted_l.softmax(-1)) >= top_p          # mass before this token already reaches p
-        logits = logits.masked_fill(drop.scatter(-1, idx, drop), float('-inf'))
-    return logits
+def _per_row(v, n: int, dtype, device) -> torch.Tensor:
+    "A sampling parameter given as a scalar or as one value per row, as an `(n, 1)` tensor."
+    t = torch.as_tensor(v, dtype=dtype, device=device)
+    if t.dim() == 0: return t.expand(n, 1)
+    if t.numel() != n: raise ValueError(f"expected one value per row ({n}), got {t.numel()}")
+    return t.reshape(n, 1)
 
-def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    "Next token ids `(...)` from the last-position `logits (..., V)`."
-    if temperature == 0: return logits.argmax(-1)
-    probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
-    flat = probs.reshape(-1, probs.shape[-1])
-    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+def filter_logits(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0) -> torch.Tensor:
+    """Temperature, top-k, top-p, then min-p on `logits (..., V)` with the rules of transformers' warpers; each
+    parameter is a scalar or one value per row. Removed entries become -inf; a row with temperature 0 keeps only its
+    argmax (greedy)."""
+    V = logits.shape[-1]
+    x = logits.reshape(-1, V).float(); n, dev = x.shape[0], x.device
+    T = _per_row(temperature, n, torch.float32, dev); k = _per_row(top_k, n, torch.long, dev)
+    p = _per_row(top_p, n, torch.float64, dev); mp = _per_row(min_p, n, torch.float64, dev)
+    if (T < 0).any() or T.isnan().any(): raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if (k < 0).any(): raise ValueError(f"top_k must be >= 0, got {top_k}")
+    if ((p <= 0) | (p > 1) | p.isnan()).any(): raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if ((mp < 0) | (mp > 1) | mp.isnan()).any(): raise ValueError(f"min_p must be in [0, 1], got {min_p}")
+    greedy = T == 0
+    out = x / torch.where(greedy, 1.0, T)                          # TemperatureLogitsWarper
+    bad = ~out.amax(-1, keepdim=True).isfinite() & x.amax(-1, keepdim=True).isfinite()
+    if bad.any():                    # a tiny temperature overflowed: shift the max to 0 first (same distribution)
+        out = torch.where(bad, (x - x.amax(-1, keepdim=True)) / torch.where(greedy, 1.0, T), out)
+    ninf = float('-inf')
+    if (k > 0).any():                                               # TopKLogitsWarper
+        kk = k.clamp(max=V)
+        kth = out.topk(int(kk.max()), -1).values.gather(-1, (kk - 1).clamp(min=0))
+        out = out.masked_fill((kk > 0) & (out < kth), ninf)
+    if (p < 1).any():                                               # TopPLogitsWarper, min_tokens_to_keep=1
+        s, idx = out.sort(-1, descending=False)
+        drop = (s.softmax(-1).cumsum(-1) <= (1 - p).float()) & (p < 1)
+        drop[:, -1] = False
+        out = out.masked_fill(drop.scatter(1, idx, drop), ninf)
+    if (mp > 0).any():                                              # MinPLogitsWarper, min_tokens_to_keep=1
+        probs = out.softmax(-1)
+        drop = (probs < mp.float() * probs.amax(-1, keepdim=True)) & (mp > 0)
+        drop.scatter_(-1, probs.topk(1, -1).indices, False)
+        out = out.masked_fill(drop, ninf)
+    if greedy.any():
+        arg = x.argmax(-1, keepdim=True)
+        out = out.masked_fill(greedy & (torch.arange(V, device=dev) != arg), ninf)
+    return out.view(logits.shape)
+
+def sample_next(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, generator=None) -> torch.Tensor:
+    """Next token ids `(...)` from last-position `logits (..., V)`: `filter_logits`, then a categorical draw; greedy
+    (argmax, no draw) where the temperature is 0. `generator`: None (torch's global RNG), one `torch.Generator`
+    (one draw for all sampled rows together) or a list with a generator (or None) per row (each row draws alone:
+    a seeded request samples the same tokens whatever else is in the batch)."""
+    V = logits.shape[-1]
+    x = logits.reshape(-1, V); n = x.shape[0]
+    T = _per_row(temperature, n, torch.float32, x.device)[:, 0]
+    out = x.argmax(-1)
+    rows = (T != 0).nonzero()[:, 0]
+    if len(rows):
+        pick = lambda v: v if torch.as_tensor(v).dim() == 0 else torch.as_tensor(v, device=x.device).reshape(n)[rows]
+        probs = filter_logits(x[rows], pick(temperature), pick(top_k), pick(top_p), pick(min_p)).softmax(-1)
+        if generator is None or isinstance(generator, torch.Generator):
+            out[rows] = torch.multinomial(probs, 1, generator=generator)[:, 0]
+        else:
+            if len(generator) != n: raise ValueError(f"expected one generator per row ({n}), got {len(generator)}")
+            gens = [generator[i] for i in rows.tolist()]
+            drawn = [torch.multinomial(pr if g is None else pr.to(g.device), 1, generator=g) for pr, g in zip(probs, gens)]
+            out[rows] = torch.cat(drawn).to(out.device)
+    return out.view(logits.shape[:-1])
+
+# %% ../nbs/05_generate.ipynb #5a108d90
+class IncrementalDecoder:
+    """Text deltas of a token stream that join to exactly `tokenizer.decode(ids, skip_special_tokens=...)`, each token
+    decoded a bounded number of times. `push(id)` returns the new text ('' while it ends in an incomplete character);
+    `flush()` returns the rest at the end of the stream."""
+    def __init__(self, tokenizer, skip_special_tokens: bool = True, use_stream: bool = True):
+        self.tok, self.skip, self.ids = tokenizer, skip_special_tokens, []
+        self.po = self.ro = 0        # window ids[po:]: ids[po:ro] context (sent), ids[ro:] pending
+        self.sent = 0                # characters of decode(ids[po:]) sent; None: those of the context
+        self._backend = getattr(tokenizer, 'backend_tokenizer', None)
+        ok = use_stream and DecodeStream is not None and self._backend is not None
+        ok = ok and not getattr(tokenizer, 'clean_up_tokenization_spaces', False)   # a whole-text rewrite: no windows
+        self._stream = DecodeStream(skip_special_tokens=skip_special_tokens) if ok else None
+
+    def _decode(self, ids): return self.tok.decode(ids, skip_special_tokens=self.skip)
+
+    def _advance(self): self.po, self.ro, self.sent = self.ro, len(self.ids), None
+
+    def _window(self) -> str:
+        "The Python path: decode the window, send all but a trailing U+FFFD (a character that may still complete)."
+        full = self._decode(self.ids[self.po:])
+        if self.sent is None: self.sent = len(self._decode(self.ids[self.po:self.ro]))
+        end = len(full) - full.endswith('\ufffd')
+        delta = full[self.sent:end] if end > self.sent else ''
+        self.sent = max(self.sent, end)
+        if end == len(full): self._advance()
+        elif len(self.ids) - self.ro > 8:      # a long run of invalid bytes: restart the window 4 tokens back if that
+            k = len(self.ids) - 4              # splits the text cleanly (a character spans at most 4 tokens)
+            a = self._decode(self.ids[self.po:k])
+            if len(a) <= self.sent and a + self._decode(self.ids[k:]) == full:
+                self.po = self.ro = k; self.sent -= len(a)
+        return delta
+
+    def push(self, t: int) -> str:
+        self.ids.append(int(t))
+        if self._stream is not None:
+            try: delta = self._stream.step(self._backend, int(t))
+            except Exception: delta = None; self._stream = None   # e.g. an invalid prefix: the Python path from here
+            if delta: self._advance(); return delta
+            if self._stream is not None and len(self.ids) - self.ro <= 4: return ''
+            self._stream = None                # 4 tokens and still no text: invalid bytes, which the Python path sends
+        return self._window()
+
+    def flush(self) -> str:
+        "The rest of the text (an incomplete character at the end decodes to U+FFFD, as in one full decode)."
+        self._stream = None
+        full = self._decode(self.ids[self.po:])
+        if self.sent is None: self.sent = len(self._decode(self.ids[self.po:self.ro]))
+        rest, self.sent, self.ro = full[self.sent:], len(full), len(self.ids)
+        return rest
 
 # %% ../nbs/05_generate.ipynb #ee6afe1f
 @torch.no_grad()
 def stream_tokens(model, input_ids: torch.Tensor, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
                   top_p: float = 1.0, eos_token_id: int | Sequence[int] | None = None,
-                  generator: torch.Generator | None = None) -> Iterator[int]:
+                  generator: torch.Generator | None = None, min_p: float = 0.0) -> Iterator[int]:
     "Yield generated token ids one at a time for a single prompt `input_ids (L,)` or `(1, L)`."
     ids = input_ids.view(1, -1).to(model.device)
     if ids.shape[1] == 0: raise ValueError("stream_tokens needs a non-empty prompt")
@@ -47,7 +142,7 @@ def stream_tokens(model, input_ids: torch.Tensor, max_new_tokens: int = 64, temp
     cache = model.allocate_cache(1, max_len=ids.shape[1] + max_new_tokens)
     logits = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
     for _ in range(max_new_tokens):
-        tok = int(sample_next(logits, temperature, top_k, top_p, generator))
+        tok = int(sample_next(logits, temperature, top_k, top_p, min_p, generator))
         yield tok
         if tok in stops: return
         logits = model(torch.tensor([[tok]], device=model.device), past_key_values=cache, use_cache=True).logits[:, -1]
@@ -56,12 +151,10 @@ def stream_text(model, tokenizer, prompt: str, **kwargs) -> Iterator[str]:
     "Yield text deltas of the continuation of `prompt` (stops at the tokenizer's EOS)."
     ids = torch.tensor(tokenizer(prompt)['input_ids'])
     kwargs.setdefault('eos_token_id', tokenizer.eos_token_id)
-    out, shown = [], ''
+    eos = kwargs['eos_token_id']
+    stops = {eos} if isinstance(eos, int) else set(eos or ())
+    dec = IncrementalDecoder(tokenizer, skip_special_tokens=True)
     for t in stream_tokens(model, ids, **kwargs):
-        if t == kwargs['eos_token_id']: break
-        out.append(t)
-        text = tokenizer.decode(out, skip_special_tokens=True)
-        if text.endswith('\ufffd'): continue                 # an incomplete UTF-8 sequence: wait for the rest
-        yield text[len(shown):]; shown = text
-    final = tokenizer.decode(out, skip_special_tokens=True)
-    if len(final) > len(shown): yield final[len(shown):]
+        if t in stops: break
+        if delta := dec.push(t): yield delta
+    if rest := dec.flush(): yield rest

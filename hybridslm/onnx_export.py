@@ -209,16 +209,12 @@ def compare_with_torch(model: HybridForCausalLM, onnx_lm: OnnxHybridLM, shapes=(
 def bench_generate(model: HybridForCausalLM, onnx_lm: OnnxHybridLM, batch: int = 1, prompt_len: int = 32,
                    new_tokens: int = 64, repeats: int = 2) -> dict:
     "Greedy decode tokens/s of torch (`model.generate`) and onnxruntime on the same prompt; best of `repeats`."
+    from hybridslm.eval.speed import best_of
     ids = torch.randint(0, model.config.vocab_size, (batch, prompt_len), generator=torch.Generator().manual_seed(1))
-    def best(fn):
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter(); fn(); ts.append(time.perf_counter() - t0)
-        return min(ts)
     with torch.no_grad():
-        tt = best(lambda: model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                         pad_token_id=0))
-    to = best(lambda: onnx_lm.generate(ids.numpy(), max_new_tokens=new_tokens))
+        tt = best_of(lambda: model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                         pad_token_id=0), repeats)
+    to = best_of(lambda: onnx_lm.generate(ids.numpy(), max_new_tokens=new_tokens), repeats)
     n = batch * new_tokens
     return dict(batch=batch, prompt_len=prompt_len, new_tokens=new_tokens, torch_tok_s=n / tt, onnxrt_tok_s=n / to,
                 speedup=tt / to, torch_threads=torch.get_num_threads())

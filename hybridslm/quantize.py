@@ -14,7 +14,7 @@ from .train.optim import SSM_FP32_PARAMS, cast_keep_ssm_fp32
 # %% auto #0
 __all__ = ['QUANT_TARGETS', 'SCHEMES', 'target_linears', 'check_layout', 'torchao_config', 'is_quantized',
            'assert_high_precision', 'quantize_model', 'to_bf16', 'tensor_nbytes', 'model_nbytes', 'save_quantized',
-           'load_quantized', 'perplexity', 'decode_tokens_per_s']
+           'load_quantized', 'perplexity']
 
 # %% ../nbs/41_quantize.ipynb #df502b39
 QUANT_TARGETS = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'in_proj', 'out_proj', 'gate_proj', 'up_proj', 'down_proj')
@@ -168,20 +168,4 @@ def perplexity(model: nn.Module, ids: torch.Tensor, ctx: int = 512, batch_size: 
         cnt += x[:, 1:].numel()
     return math.exp(nll / cnt)
 
-@torch.inference_mode()
-def decode_tokens_per_s(model: nn.Module, batch: int = 1, prompt_len: int = 64, new_tokens: int = 64,
-                        repeats: int = 2, seed: int = 0) -> float:
-    "Greedy decode throughput (new tokens/s over the whole batch, prefill excluded); best of `repeats`."
-    dev = next(model.parameters()).device
-    ids = torch.randint(0, model.config.vocab_size, (batch, prompt_len), generator=torch.Generator().manual_seed(seed)).to(dev)
-    best = float('inf')
-    for _ in range(repeats):
-        cache = model.allocate_cache(batch, prompt_len + new_tokens)
-        tok = model(ids, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
-        if dev.type == 'cuda': torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(new_tokens):
-            tok = model(tok, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
-        if dev.type == 'cuda': torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return batch * new_tokens / best
+from .eval.speed import decode_tokens_per_s   # the decode timing of the speed benchmark, re-exported here

@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['measure_speed', 'plot_speed']
+__all__ = ['best_of', 'measure_speed', 'plot_speed', 'decode_tokens_per_s']
 
 # %% ../../nbs/34_eval.speed.ipynb #b49977c4
 def _sync(dev):
@@ -29,6 +29,14 @@ def _reset_peak(dev):
 
 def _peak_mb(dev) -> float:
     return torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == 'cuda' else _rss_mb('VmHWM')
+
+def best_of(fn, repeats: int = 2) -> float:
+    "The shortest wall time (s) of `repeats` calls of `fn()`: the timing every decode benchmark of the project uses."
+    if repeats < 1: raise ValueError(f"repeats must be >= 1, got {repeats}")
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter(); fn(); ts.append(time.perf_counter() - t0)
+    return min(ts)
 
 @torch.no_grad()
 def _case(model, B, T, n_dec, dev, vocab, gen):
@@ -84,3 +92,10 @@ def plot_speed(df, path=None):
     axs[0].legend(); fig.suptitle(f"{df.device.iloc[0]} {df.dtype.iloc[0]}"); fig.tight_layout()
     if path: fig.savefig(path, dpi=110); plt.close(fig)
     return fig
+
+@torch.inference_mode()
+def decode_tokens_per_s(model, batch: int = 1, prompt_len: int = 64, new_tokens: int = 64, repeats: int = 2, seed: int = 0) -> float:
+    "Greedy decode throughput (new tokens/s over the whole batch, prefill excluded) of one case of `measure_speed`; best of `repeats`."
+    dev, vocab = next(model.parameters()).device, model.config.vocab_size
+    td = min(_case(model, batch, prompt_len, new_tokens, dev, vocab, torch.Generator().manual_seed(seed))[1] for _ in range(repeats))
+    return batch * new_tokens / td

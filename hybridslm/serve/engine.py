@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 import numpy as np
 import torch
+from fastcore.basics import patch
 from ..attention import KVCache
 from ..mamba2 import MambaCache
 from ..model import HybridCache
+from ..generate import sample_next, IncrementalDecoder
 
 # %% auto #0
 __all__ = ['SamplingParams', 'Request', 'find_stop', 'safe_prefix_len', 'pad_left', 'merge_caches', 'trim_cache', 'PrefixCache',
@@ -68,6 +70,7 @@ class Request:
     n_generated: int = 0             # tokens sampled (including a final EOS)
     error: str | None = None
     _gen: torch.Generator | None = field(default=None, repr=False)
+    _detok: IncrementalDecoder | None = field(default=None, repr=False)
     done: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -336,24 +339,14 @@ class Engine:
 
     # ---- sampling and bookkeeping ----
     def _sample(self, logits, reqs) -> list[int]:
-        greedy = logits.argmax(-1).tolist()
-        out = []
-        for i, r in enumerate(reqs):
-            sp = r.params
-            if sp.greedy: out.append(greedy[i]); continue
-            l = logits[i].double().cpu()
-            l = (l - l.max()) / sp.temperature       # the max is 0 at any temperature: a tiny one gives -inf, never nan
-            if sp.top_k: l = l.masked_fill(l < torch.topk(l, min(sp.top_k, l.numel())).values[-1], float('-inf'))
-            if sp.top_p < 1:
-                sp_, si = torch.sort(l, descending=True)
-                cum = sp_.softmax(-1).cumsum(-1)
-                drop = (cum - sp_.softmax(-1)) > sp.top_p           # keep the smallest set reaching top_p
-                l[si[drop]] = float('-inf')
-            if r._gen is None:
-                r._gen = torch.Generator().manual_seed(sp.seed % 2**64 if sp.seed is not None else
+        "Each request's next token from its row of `logits`: `generate.sample_next` with the request's parameters and generator."
+        ps = [r.params for r in reqs]
+        for r in reqs:
+            if r._gen is None and not r.params.greedy:
+                r._gen = torch.Generator().manual_seed(r.params.seed % 2**64 if r.params.seed is not None else
                                                        int.from_bytes(uuid.uuid4().bytes[:8], 'little') >> 1)
-            out.append(int(torch.multinomial(l.softmax(-1), 1, generator=r._gen)))
-        return out
+        return sample_next(logits, [0.0 if p.greedy else p.temperature for p in ps], [p.top_k for p in ps],
+                           [p.top_p for p in ps], generator=[r._gen for r in reqs]).tolist()
 
     def _emit(self, req, delta: str, finished: bool):
         if req.on_event is None: return
@@ -361,11 +354,20 @@ class Engine:
         except Exception: self.errors += 1      # a broken consumer must not stop the engine
 
     def _finish(self, req, reason: str):
+        if req._detok is not None: self._extend(req, req._detok.flush()); req._detok = None   # a trailing partial character
         req.finish_reason, req.t_done = reason, time.perf_counter()
         delta = req.text[req.sent:]; req.sent = len(req.text)
         self.n_finished += reason != 'abort'; self.n_aborted += reason == 'abort'
         req.done.set()
         self._emit(req, delta, True)
+
+    def _extend(self, req, delta: str) -> bool:
+        "Append decoded text; True when it completes a stop string (the text is then cut before it)."
+        old, stops = len(req.text), req.params.stop
+        req.text += delta
+        if stops and delta and (i := find_stop(req.text, stops, max(0, old - max(map(len, stops)) + 1))) >= 0:
+            req.text, req._detok = req.text[:i], None; return True
+        return False
 
     def _append(self, req, t: int) -> bool:
         "Record token `t` for `req`; returns True when the request finished."
@@ -375,12 +377,12 @@ class Engine:
         if (t in self.eos_ids and not sp.ignore_eos) or t in sp.stop_token_ids:
             self._finish(req, 'stop'); return True
         req.out_ids.append(t)
-        text = self.tok.decode(req.out_ids, skip_special_tokens=True)
-        if sp.stop and (i := find_stop(text, sp.stop)) >= 0:
-            req.text = text[:i]; self._finish(req, 'stop'); return True
-        req.text = text
-        if len(req.out_ids) >= sp.max_tokens or len(req.prompt_ids) + len(req.out_ids) >= self.max_context:
-            self._finish(req, 'length'); return True
+        if req._detok is None: req._detok = IncrementalDecoder(self.tok, skip_special_tokens=True)
+        length = len(req.out_ids) >= sp.max_tokens or len(req.prompt_ids) + len(req.out_ids) >= self.max_context
+        if self._extend(req, req._detok.push(t) + (req._detok.flush() if length else '')):
+            self._finish(req, 'stop'); return True
+        if length: self._finish(req, 'length'); return True
+        text = req.text
         n = safe_prefix_len(text, sp.stop)
         if n > req.sent:
             delta = text[req.sent:n]; req.sent = n
@@ -399,8 +401,9 @@ class Engine:
         self.cache, self.mask = trim_cache(self.cache, self.mask)
 
 # %% ../../nbs/50_serve.engine.ipynb #5558b27e
+@patch
 @torch.no_grad()
-def _step(self: Engine) -> bool:
+def step(self: Engine) -> bool:
     "One scheduler iteration; returns True while there is work left."
     with self.lock: aborts, self._abort = self._abort, set()
     if aborts:
@@ -451,9 +454,9 @@ def _step(self: Engine) -> bool:
     self.last = torch.tensor(toks, device=self.device)
     self._drop([i for i, (r, t) in enumerate(zip(self.running, toks)) if self._append(r, t)])
     return bool(self.running or self.waiting or self.prefilling)
-Engine.step = _step
 
 # %% ../../nbs/50_serve.engine.ipynb #1149af84
+@patch
 def _loop(self: Engine):
     while not self._stop:
         self.wake.clear()
@@ -466,14 +469,16 @@ def _loop(self: Engine):
             busy = False
         if not busy: self.wake.wait(0.05)
 
-def _start(self: Engine):
+@patch
+def start(self: Engine):
     if self._thread is None or not self._thread.is_alive():
         self._stop = False
         self._thread = threading.Thread(target=self._loop, daemon=True, name='hybridslm-engine')
         self._thread.start()
     return self
 
-def _shutdown(self: Engine):
+@patch
+def shutdown(self: Engine):
     "Stop the engine thread; requests still queued or running finish with `abort` (their waiters are released)."
     self._stop = True; self.wake.set()
     if self._thread is not None: self._thread.join(5)
@@ -482,7 +487,8 @@ def _shutdown(self: Engine):
         for r in left + [pf.req for pf in self.prefilling] + self.running: self._finish(r, 'abort')
         self.running, self.prefilling, self.cache, self.mask, self.last = [], [], None, None, None
 
-def _generate(self: Engine, prompts: list, params: SamplingParams | list | None = None) -> list[Request]:
+@patch
+def generate(self: Engine, prompts: list, params: SamplingParams | list | None = None) -> list[Request]:
     "Run `prompts` (lists of token ids) to completion; returns the finished `Request`s in order."
     ps = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
     reqs = [self.submit(Request(list(p), sp)) for p, sp in zip(prompts, ps)]
@@ -492,18 +498,17 @@ def _generate(self: Engine, prompts: list, params: SamplingParams | list | None 
         while not all(r.finished for r in reqs): self.step()
     return reqs
 
-def _tokens_per_second(self: Engine, window: float = 10.0) -> float:
+@patch
+def tokens_per_second(self: Engine, window: float = 10.0) -> float:
     "Generated tokens per second over the last `window` seconds (0 when idle)."
     now, pts = time.perf_counter(), [p for p in list(self._rate) if p[0] >= time.perf_counter() - window]
     if not pts: return 0.0
     return (self.generated_tokens - pts[0][1]) / max(now - pts[0][0], 1e-3) if len(pts) > 1 else 0.0
 
-def _stats(self: Engine) -> dict:
+@patch
+def stats(self: Engine) -> dict:
     d = dict(running=self.n_running, waiting=self.queue_depth, prefilling=len(self.prefilling), steps=self.n_steps, prefills=self.n_prefills,
              prefill_tokens=self.prefill_tokens, generated_tokens=self.generated_tokens, finished=self.n_finished,
              aborted=self.n_aborted, errors=self.errors, batch_kv_len=self.cache.seqlen if self.cache else 0)
     if self.prefix_cache is not None: d['prefix_cache'] = self.prefix_cache.stats()
     return d
-
-Engine._loop, Engine.start, Engine.shutdown, Engine.generate, Engine.stats = _loop, _start, _shutdown, _generate, _stats
-Engine.tokens_per_second = _tokens_per_second

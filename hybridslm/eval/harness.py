@@ -9,13 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
 from tqdm.auto import tqdm
+from fastcore.basics import patch
+from ..generate import sample_next, IncrementalDecoder
 from .data import load_task, load_mmlu_fewshot, TASKS
 
 # %% auto #0
-__all__ = ['TRUTHFULQA_PRIMER', 'MC_BUILDERS', 'GSM8K_SHOTS', 'GSM8K_UNTIL', 'HUMANEVAL_UNTIL', 'HEADLINE', 'LMScorer',
-           'tiny_test_model', 'cut_at_stop', 'generate_until', 'MCItem', 'hellaswag_preprocess', 'mmlu_prompt',
-           'score_mc', 'gsm8k_prompt', 'gsm8k_extract', 'gsm8k_correct', 'pass_at_k', 'humaneval_program',
-           'evaluate_task', 'evaluate', 'summary_table', 'StandIn']
+__all__ = ['generate_until', 'TRUTHFULQA_PRIMER', 'MC_BUILDERS', 'GSM8K_SHOTS', 'GSM8K_UNTIL', 'HUMANEVAL_UNTIL', 'HEADLINE',
+           'LMScorer', 'tiny_test_model', 'cut_at_stop', 'MCItem', 'hellaswag_preprocess', 'mmlu_prompt', 'score_mc',
+           'gsm8k_prompt', 'gsm8k_extract', 'gsm8k_correct', 'pass_at_k', 'humaneval_program', 'evaluate_task',
+           'evaluate', 'summary_table', 'StandIn']
 
 # %% ../../nbs/31_eval.harness.ipynb #ef4fd525
 def _device_of(model): return next(model.parameters()).device
@@ -114,21 +116,19 @@ def _generate_batch(sc: LMScorer, prompts: list[list[int]], until: list[str], ma
     ids, mask = ids.to(dev), mask.to(dev)
     cache = m.allocate_cache(B, T + max_new) if hasattr(m, 'allocate_cache') else None
     out = m(ids, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    new, done, texts = [[] for _ in range(B)], [False] * B, [''] * B
+    decs, done, texts = [IncrementalDecoder(sc.tok, skip_special_tokens=False) for _ in range(B)], [False] * B, [''] * B
     for _ in range(max_new):
-        logits = out.logits[:, -1].float()
-        if temperature > 0: nxt = torch.multinomial((logits / temperature).softmax(-1), 1, generator=gen)[:, 0]
-        else: nxt = logits.argmax(-1)
+        nxt = sample_next(out.logits[:, -1], temperature, generator=gen)
         for r in range(B):
             if done[r]: continue
             t = int(nxt[r])
             if t == sc.eot: done[r] = True; continue
-            new[r].append(t); texts[r] = sc.tok.decode(new[r])
-            if any(s in texts[r] for s in until): done[r] = True
+            old = len(texts[r]); texts[r] += decs[r].push(t)
+            if any(s in texts[r][max(0, old - len(s) + 1):] for s in until): done[r] = True
         if all(done): break
         mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
         out = m(nxt[:, None].to(dev), attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)
-    return [cut_at_stop(t, until) for t in texts]
+    return [cut_at_stop(t + d.flush(), until) for t, d in zip(texts, decs)]
 
 def cut_at_stop(text: str, until: list[str]) -> str:
     "Text before the earliest stop string."
@@ -136,21 +136,22 @@ def cut_at_stop(text: str, until: list[str]) -> str:
         if s: text = text.split(s)[0]
     return text
 
-def generate_until(sc: LMScorer, prompts: list[str], until: list[str], max_new_tokens: int = 256,
+@patch
+def generate_until(self: LMScorer, prompts: list[str], until: list[str], max_new_tokens: int = 256,
                    temperature: float = 0.0, seed: int = 0, desc: str = 'generate') -> list[str]:
     "Complete each prompt until a stop string, EOS or `max_new_tokens`; greedy unless `temperature > 0`."
     if max_new_tokens < 1: raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    gen = torch.Generator(device=sc.device).manual_seed(seed)
-    keep = max(1, sc.max_length - max_new_tokens)
-    enc = [(sc.encode(p) or [sc.eot])[-keep:] for p in prompts]
+    gen = torch.Generator(device=self.device).manual_seed(seed)
+    keep = max(1, self.max_length - max_new_tokens)
+    enc = [(self.encode(p) or [self.eot])[-keep:] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(enc[i]))
     out: list = [None] * len(prompts)
-    for b in tqdm(range(0, len(order), sc.batch_size), desc=desc, disable=not sc.progress):
-        idx = order[b:b + sc.batch_size]
-        for i, t in zip(idx, _generate_batch(sc, [enc[i] for i in idx], until, max_new_tokens, temperature, gen)): out[i] = t
+    for b in tqdm(range(0, len(order), self.batch_size), desc=desc, disable=not self.progress):
+        idx = order[b:b + self.batch_size]
+        for i, t in zip(idx, _generate_batch(self, [enc[i] for i in idx], until, max_new_tokens, temperature, gen)): out[i] = t
     return out
 
-LMScorer.generate_until = generate_until
+generate_until = LMScorer.generate_until     # also a plain function: generate_until(scorer, prompts, until, ...)
 
 # %% ../../nbs/31_eval.harness.ipynb #5ba52e59
 @dataclass

@@ -125,12 +125,12 @@ def assistant_loss(model, ids: torch.Tensor, labels: torch.Tensor, batch_size: i
     "Mean cross-entropy over assistant tokens (token-weighted over all rows)."
     model.eval()
     dev = next(model.parameters()).device
+    from hybridslm.eval.perplexity import next_token_nll, shifted_targets
     tot, n = 0.0, 0
     for i in range(0, len(ids), batch_size):
         x, y = ids[i:i + batch_size].to(dev), labels[i:i + batch_size].to(dev)
-        logits = model(input_ids=x, use_cache=False).logits.float()
-        tot += F.cross_entropy(logits[:, :-1].flatten(0, 1), y[:, 1:].flatten(), ignore_index=-100, reduction='sum').item()
-        n += int((y[:, 1:] != -100).sum())
+        l, m = next_token_nll(model, x, shifted_targets(x, y))
+        tot, n = tot + l.sum().item(), n + int(m.sum())
     return tot / max(n, 1)
 
 def train_lora(model, ids: torch.Tensor, labels: torch.Tensor, steps: int = 100, batch_size: int = 8,

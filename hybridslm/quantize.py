@@ -161,11 +161,10 @@ def perplexity(model: nn.Module, ids: torch.Tensor, ctx: int = 512, batch_size: 
     it = range(0, n, batch_size)
     if progress:
         from tqdm.auto import tqdm; it = tqdm(it, desc='ppl')
+    from hybridslm.eval.perplexity import next_token_nll
     for i in it:
-        x = wins[i:i + batch_size].to(dev)
-        logits = model(x, use_cache=False).logits.float()
-        nll += F.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten(), reduction='sum').item()
-        cnt += x[:, 1:].numel()
+        l, m = next_token_nll(model, wins[i:i + batch_size].to(dev))
+        nll, cnt = nll + l.sum().item(), cnt + int(m.sum())
     return math.exp(nll / cnt)
 
 from .eval.speed import decode_tokens_per_s   # the decode timing of the speed benchmark, re-exported here

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from .data import load_wikitext2
 
 # %% auto #0
-__all__ = ['windows', 'token_nlls', 'perplexity', 'wikitext2_perplexity']
+__all__ = ['windows', 'shifted_targets', 'next_token_nll', 'token_nlls', 'perplexity', 'wikitext2_perplexity']
 
 # %% ../../nbs/33_eval.perplexity.ipynb #4fe772e5
 def windows(n: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
@@ -24,9 +24,34 @@ def windows(n: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
 
 # %% ../../nbs/33_eval.perplexity.ipynb #cdbfec05
 def _forward_hidden(model, ids):
-    base, head = getattr(model, 'base_model', None), model.get_output_embeddings() if hasattr(model, 'get_output_embeddings') else None
+    "Final hidden states and the LM head for a `transformers` model with a base model and an output embedding; else the logits and None."
+    from transformers import PreTrainedModel
+    base = getattr(model, 'base_model', None) if isinstance(model, PreTrainedModel) else None
+    head = model.get_output_embeddings() if base is not None else None
     if base is not None and base is not model and head is not None: return base(input_ids=ids, use_cache=False).last_hidden_state, head
     return model(ids).logits, None
+
+def shifted_targets(ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    "The next-token targets of every position, `(B, T)`: `labels` (default `ids`) shifted left by one, -100 at the last position."
+    y = ids if labels is None else labels
+    return torch.cat([y[:, 1:], torch.full_like(y[:, :1], -100)], 1)
+
+def next_token_nll(model, ids: torch.Tensor, targets: torch.Tensor | None = None, autocast_dtype=None):
+    """Per-position NLL (nats, fp32) of the batch `ids` `(B, T)`: `(nll, mask)`, both `(B, T)`, where position t scores
+    `targets[:, t]` (default `shifted_targets(ids)`: the next token) and a target of -100 is not scored (nll 0, mask
+    False). The LM head runs only at scored positions when the model exposes its base model and head. Every loss
+    evaluation of the project is this: training's validation loss, sliding-window perplexity, the quantization check's
+    perplexity and LoRA's assistant-token loss."""
+    tgt = (shifted_targets(ids) if targets is None else targets).to(ids.device)
+    if tgt.shape != ids.shape: raise ValueError(f"targets {tuple(tgt.shape)} must have the shape of ids {tuple(ids.shape)}")
+    mask = tgt != -100
+    with torch.autocast(ids.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        h, head = _forward_hidden(model, ids)
+        hs = h[mask]
+        logits = head(hs) if head is not None else hs
+    nll = torch.zeros(mask.shape, dtype=torch.float32, device=ids.device)
+    nll[mask] = F.cross_entropy(logits.float(), tgt[mask], reduction='none')
+    return nll, mask
 
 @torch.no_grad()
 def token_nlls(model, ids, max_length: int, stride: int | None = None, bos_id: int | None = None, batch_size: int = 4,
@@ -40,13 +65,14 @@ def token_nlls(model, ids, max_length: int, stride: int | None = None, bos_id: i
         chunk = ws[b:b + batch_size]
         T = max(q - 1 - a for a, _, q in chunk)
         x = torch.full((len(chunk), T), pad_id, dtype=torch.long)
-        for r, (a, _, q) in enumerate(chunk): x[r, :q - 1 - a] = torch.tensor(seq[a:q - 1])
-        h, head = _forward_hidden(model, x.to(dev))
+        y = torch.full((len(chunk), T), -100, dtype=torch.long)
         for r, (a, p, q) in enumerate(chunk):
-            hs = h[r, p - 1 - a:q - 1 - a]                          # positions predicting targets p..q-1
-            logits = (head(hs) if head is not None else hs).float()
-            out.append(F.cross_entropy(logits, torch.tensor(seq[p:q], device=dev), reduction='none'))
+            x[r, :q - 1 - a] = torch.tensor(seq[a:q - 1])
+            y[r, p - 1 - a:q - 1 - a] = torch.tensor(seq[p:q])              # positions predicting targets p..q-1
+        nll, mask = next_token_nll(model, x.to(dev), y.to(dev))
+        out += [nll[r][mask[r]] for r in range(len(chunk))]
     return torch.cat(out).cpu()
+
 
 # %% ../../nbs/33_eval.perplexity.ipynb #d7bc86eb
 def perplexity(model, tokenizer, text: str, max_length: int | None = None, stride: int | None = None,

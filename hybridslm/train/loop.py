@@ -135,12 +135,11 @@ def evaluate(model, dataset, batch_size: int = 8, max_batches: int | None = None
     dev, total, count = next(model.parameters()).device, 0.0, 0
     vocab = getattr(getattr(getattr(model, 'module', model), 'config', None), 'vocab_size', None)
     n = len(dataset) if max_batches is None else min(len(dataset), max_batches * batch_size)
+    from hybridslm.eval.perplexity import next_token_nll
     for i in range(0, n, batch_size):
         ids = fetch_batch(dataset, range(i, min(i + batch_size, n)), vocab).to(dev)
-        with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss = model(ids, labels=ids, use_cache=False).loss
-        k = ids.numel() - ids.shape[0]
-        total, count = total + loss.float().item() * k, count + k
+        nll, mask = next_token_nll(model, ids, autocast_dtype=autocast_dtype)
+        total, count = total + nll.sum().item(), count + int(mask.sum())
     model.train(was_training)
     return total / count
 

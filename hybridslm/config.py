@@ -161,11 +161,11 @@ class HybridConfig(PretrainedConfig):
 SEED_ATTN_IDX_24 = (1, 2, 6, 11, 16, 21, 22, 23)
 
 def seed_like_pattern(n_layers: int) -> str:
-    """The seed's 24-layer attention placement scaled to `n_layers` (exact for 24). Deeper stacks keep 8 attention
-    layers; shallower ones keep the seed's 1-in-3 ratio, taking an even subset of the seed's positions."""
+    """The design roadmap's 24-layer attention placement scaled to `n_layers` (exact for 24). Deeper stacks keep 8 attention
+    layers; shallower ones keep the roadmap's 1-in-3 ratio, taking an even subset of the roadmap's positions."""
     if n_layers < 1: raise ValueError(f"n_layers must be >= 1, got {n_layers}")
     seed = list(SEED_ATTN_IDX_24)
-    if n_layers < 24:                                    # too shallow for 8: keep ~1/3, spread over the seed's list
+    if n_layers < 24:                                    # too shallow for 8: keep ~1/3, spread over the roadmap's list
         k = max(1, round(n_layers / 3))
         seed = [seed[round(j * 7 / max(1, k - 1))] for j in range(k)] if k > 1 else [seed[0]]
     idx = []

@@ -147,7 +147,7 @@ SEED_MIXTURE = Mixture([
 CODE_FILTERS = ['length', 'pii']   # code: no English-prose heuristics
 
 def local_mixture(shared: str, seed: int = 0, rawweb: str | None = None) -> Mixture:
-    "The seed mixture's slots that have real local data (under the data directory `shared`), with the seed's weights."
+    "The roadmap mixture's slots that have real local data (under the given data directory), with the roadmap's weights."
     if not shared: raise ValueError("local_mixture: give the local data directory (with rawweb/ and pretrain/corpus/)")
     sh = Path(shared)
     return Mixture([

@@ -23,7 +23,7 @@ __all__ = ['default_zero_stage', 'make_ds_config', 'init_distributed', 'ds_param
 
 # %% ../../nbs/23_train.deepspeed.ipynb #66affd06
 def default_zero_stage(preset: str | None) -> int:
-    "The seed's ZeRO stage: 3 for the 13B preset, 2 otherwise."
+    "The design roadmap's ZeRO stage: 3 for the 13B preset, 2 otherwise."
     return 3 if str(preset).lower() == '13b' else 2
 
 def make_ds_config(micro_batch: int = 4, grad_accum: int = 16, world_size: int = 1, zero_stage: int = 2,

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import math
 import torch, torch.nn as nn, torch.nn.functional as F
-from transformers import PreTrainedModel, GenerationMixin, AutoConfig, AutoModelForCausalLM
+from transformers import PreTrainedModel, GenerationMixin, AutoConfig, AutoModelForCausalLM, Cache
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast, BaseModelOutputWithPast
@@ -20,10 +20,13 @@ __all__ = ['HybridCache', 'HybridBlock', 'HybridPreTrainedModel', 'HybridModel',
            'HybridForCausalLM', 'compile_blocks', 'uncompile_blocks']
 
 # %% ../nbs/04_model.ipynb #a8624c37
-class HybridCache:
-    "Per-layer inference state of a hybrid model: `KVCache` for attention layers, `MambaCache` for Mamba layers."
+class HybridCache(Cache):
+    """Per-layer inference state of a hybrid model: `KVCache` for attention layers, `MambaCache` for Mamba layers.
+    A `transformers.Cache`: `generate` reads its length and reorders it (beam search) as it does its own caches."""
+    is_compileable = False     # growing KV buffers, tensors replaced on reorder: nothing for generate to compile around
+    is_croppable = False       # a Mamba state cannot be rolled back
     def __init__(self, layers: list):
-        self.layers = layers
+        super().__init__(layers=layers)
         self._seen = 0
     def get_seq_length(self, layer_idx: int = 0) -> int: return self._seen
     @property
@@ -38,6 +41,36 @@ class HybridCache:
     def __repr__(self):
         kinds = ''.join('A' if isinstance(c, KVCache) else 'M' for c in self.layers)
         return f"HybridCache({kinds}, seqlen={self._seen}, {self.nbytes() / 2**20:.1f} MiB)"
+
+    # the rest of the `transformers.Cache` interface, in terms of the above
+    def reorder_cache(self, beam_idx: torch.Tensor): self.reorder(beam_idx)
+    def batch_select_indices(self, indices: torch.Tensor): self.reorder(indices)
+    def batch_repeat_interleave(self, repeats: int):
+        c = self.layers[0]
+        self.reorder(torch.arange(self.batch_size, device=(c.k if isinstance(c, KVCache) else c.conv_state).device
+                                  ).repeat_interleave(repeats))
+    @property
+    def batch_size(self) -> int:
+        c = self.layers[0]
+        return (c.k if isinstance(c, KVCache) else c.conv_state).shape[0]
+    @property
+    def is_initialized(self) -> bool: return True         # allocated whole by `allocate_cache`
+    @property
+    def is_linear(self) -> list: return [isinstance(c, MambaCache) for c in self.layers]
+    def get_max_length(self, layer_idx: int | None = None) -> int:
+        "Static KV buffers' length; -1 (no maximum) for growing KV buffers and Mamba states."
+        lim = [c.max_len if isinstance(c, KVCache) and c.static else -1 for c in self.layers]
+        return max(lim) if layer_idx is None else lim[layer_idx]
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]: return self._seen + query_length, 0
+    def has_previous_state(self, layer_idx: int | None = None, state_idx: int | None = None) -> bool: return self._seen > 0
+    def reset(self):
+        "Back to the empty state, keeping the buffers."
+        for c in self.layers:
+            for t in ((c.k, c.v) if isinstance(c, KVCache) else (c.conv_state, c.ssm_state)): t.zero_()
+            c.seqlen = 0
+        self._seen = 0
+    def crop(self, tokens_to_remove: int):
+        if tokens_to_remove: raise NotImplementedError("HybridCache cannot be cropped: a Mamba state cannot be rolled back")
 
 # %% ../nbs/04_model.ipynb #5fe92a17
 class HybridBlock(GradientCheckpointingLayer):
@@ -104,9 +137,6 @@ class HybridPreTrainedModel(PreTrainedModel):
             init.copy_(module.dt_bias, dt + torch.log(-torch.expm1(-dt)))
             init.copy_(module.A_log, torch.log(torch.empty(H, device=dev).uniform_(*module.A_init_range)))
             init.ones_(module.D)
-
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool: return False   # we bring our own HybridCache
 
     @classmethod
     def register_for_auto_class(cls, auto_class='AutoModel'):
@@ -217,19 +247,17 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
                                       hidden_states=out.hidden_states)
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
-                                      inputs_embeds=None, use_cache=True, **kwargs):
-        if use_cache and past_key_values is None:
-            past_key_values = self.allocate_cache(input_ids.shape[0], max_len=max(input_ids.shape[1] + 64, 256))
-        seen = past_key_values.seqlen if (use_cache and past_key_values is not None) else 0
-        inputs = dict(input_ids=input_ids[:, seen:] if use_cache else input_ids, attention_mask=attention_mask,
-                      past_key_values=past_key_values if use_cache else None, use_cache=use_cache)
-        if inputs_embeds is not None and seen == 0: inputs.update(input_ids=None, inputs_embeds=inputs_embeds)
-        if 'logits_to_keep' in kwargs: inputs['logits_to_keep'] = kwargs['logits_to_keep']
-        return inputs
-
-    def _reorder_cache(self, past_key_values, beam_idx):
-        past_key_values.reorder(beam_idx); return past_key_values
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, generation_mode, batch_size: int,
+                                      max_cache_length: int):
+        "`generate`'s hook for its cache: a `HybridCache` for every beam / returned sequence, KV buffers for `max_length`."
+        if model_kwargs.get('past_key_values') is not None or generation_config.use_cache is False:
+            return super()._prepare_cache_for_generation(generation_config, model_kwargs, generation_mode, batch_size,
+                                                         max_cache_length)
+        if generation_config.cache_implementation is not None:
+            raise ValueError(f"HybridForCausalLM uses its own HybridCache; cache_implementation="
+                             f"{generation_config.cache_implementation!r} is not supported")
+        rows = batch_size * max(generation_config.num_beams or 1, generation_config.num_return_sequences or 1)
+        model_kwargs['past_key_values'] = self.allocate_cache(rows, max_len=max(max_cache_length, 1))
 
 AutoConfig.register(HybridConfig.model_type, HybridConfig, exist_ok=True)
 AutoModelForCausalLM.register(HybridConfig, HybridForCausalLM, exist_ok=True)

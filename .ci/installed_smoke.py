@@ -8,7 +8,7 @@ from pathlib import Path
 import hybridslm
 here = Path(hybridslm.__file__).resolve()
 repo = Path(__file__).resolve().parents[1]
-assert not here.is_relative_to(repo), f"hybridslm imported from the checkout {repo}"
+assert here.parent != (repo / 'hybridslm').resolve(), f"hybridslm imported from the checkout's source {here.parent}"
 
 import torch
 from hybridslm.tokenizer import CORPUS_DIR, load_tokenizer

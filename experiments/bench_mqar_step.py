@@ -15,7 +15,7 @@ Parts (`--parts`, comma-separated):
 Writes `results.json` (every measurement, card, versions, date) and prints one line per measurement.
 """
 from __future__ import annotations
-import argparse, datetime, json, os, subprocess, sys, tempfile, time
+import argparse, datetime, json, subprocess, sys, tempfile, time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,10 +97,10 @@ def part_profile(patterns=(('MMMM', 128), ('AAAA', 128)), compiled: bool = False
         top = [dict(kernel=e.key[:90], us_per_step=e.device_time_total / 5, calls_per_step=e.count / 5) for e in ev[:18]]
         row = dict(part='cprofile' if compiled else 'profile', pattern=pat, d_model=w, gpu_us_per_step=tot,
                    kernels_per_step=sum(e.count for e in ev) / 5, top=top)
-        print(f"{'compiled ' if compiled else ''}profile {pat} d{w}: {tot / 1e3:.2f} ms of kernels per eager step, {row['kernels_per_step']:.0f} kernels", flush=True)
+        print(f"{'compiled ' if compiled else ''}profile {pat} d{w}: {tot / 1e3:.2f} ms of kernels per step, {row['kernels_per_step']:.0f} kernels", flush=True)
         for t in top: print(f"   {t['us_per_step']:9.1f} us  x{t['calls_per_step']:5.1f}  {t['kernel']}", flush=True)
         rows.append(row)
-        del net, opt; torch.cuda.empty_cache()
+        del net, opt, fwd, step; torch.cuda.empty_cache()
     return rows
 
 

@@ -174,8 +174,7 @@ def run_mqar(a) -> int:
             print(f"{o['name']}: {what}; log {o['job']['log']}", flush=True)
     failures = []
     def execute(specs, runs_dir):
-        jobs, order = [], [s for s in af.grid_specs(P) if s['pattern'] == P['patterns'][0] and s['d_model'] == P['widths'][0]]
-        lr_rank = {s['lr']: i for i, s in enumerate(order)}
+        jobs, lr_rank = [], {lr: i for i, lr in enumerate(af.lr_order(P['lrs']))}
         for s in specs:
             key = af.run_key(s); out = Path(runs_dir) / f"{key}.json"
             cmd = [sys.executable, '-m', 'hybridslm.ablate_fast', '--spec', json.dumps(s), '--out', str(out),
@@ -187,9 +186,7 @@ def run_mqar(a) -> int:
             for j in jobs: print(shlex.join(j['cmd']))
             return
         def solved(j):                                               # phase 1: another rate of this pattern and width solved it
-            s = j['spec']
-            if s['phase'] != 'lr' or (lr := af.solved_lr(runs_dir, s)) is None: return False
-            Path(j['out']).write_text(json.dumps(af.skip_record(s, lr), indent=1))
+            if (lr := af.skip_if_solved(runs_dir, j['spec'])) is None: return False
             print(f"{j['name']}: not run, the task was solved at lr {lr:g}", flush=True)
             return True
         res, skipped = Pool(sl, deadline).run(jobs, estimate, on_done, skip=solved)

@@ -16,19 +16,20 @@ from .train.optim import param_groups, lr_at
 from .ablate import attn_fraction, validate_patterns, resolve_device
 
 # %% auto #0
-__all__ = ['MQAR_PATTERNS', 'PUBLISHED', 'PROFILES', 'PUBLISHED_MINIMUM', 'DATA_KEYS', 'EXIT_STOPPED', 'FAIL_ACC', 'SOLVE_ACC',
-           'REACH', 'protocol', 'shortfalls', 'mqar_config', 'mqar_splits', 'load_mqar_splits', 'query_index',
-           'QueryHeadLoss', 'MQARTrainArgs', 'mqar_accuracy', 'train_mqar', 'estimate_seconds', 'grid_estimate_seconds',
-           'run_key', 'run_spec', 'main', 'grid_specs', 'is_solved', 'solved_lr', 'skip_record', 'choose_lrs',
-           'edge_specs', 'seed_specs', 'inprocess_executor', 'load_runs', 'run_grid', 'chosen_runs', 'mqar_table',
-           'plot_mqar', 'mqar_conclusion', 'write_grid_outputs']
+__all__ = ['MQAR_PATTERNS', 'STOP_ACC', 'PUBLISHED', 'PROFILES', 'PUBLISHED_MINIMUM', 'DATA_KEYS', 'EXIT_STOPPED', 'FAIL_ACC',
+           'SOLVE_ACC', 'REACH', 'protocol', 'shortfalls', 'mqar_config', 'mqar_splits', 'load_mqar_splits',
+           'query_index', 'QueryHeadLoss', 'MQARTrainArgs', 'mqar_accuracy', 'train_mqar', 'estimate_seconds',
+           'grid_estimate_seconds', 'run_key', 'run_spec', 'main', 'grid_specs', 'lr_order', 'is_solved', 'solved_lr',
+           'skip_if_solved', 'choose_lrs', 'edge_specs', 'seed_specs', 'inprocess_executor', 'load_runs', 'run_grid',
+           'chosen_runs', 'mqar_table', 'plot_mqar', 'mqar_conclusion', 'write_grid_outputs']
 
 # %% ../nbs/62_ablate.fast.ipynb #27cf8086
 MQAR_PATTERNS = ('AA', 'MM', 'MA', 'AM', 'AAAA', 'MMMM', 'MAMM', 'MMAM')
+STOP_ACC = 0.99     # solved: validation accuracy at least this at every KV count (Zoology's early-stop threshold)
 PUBLISHED = dict(patterns=MQAR_PATTERNS, widths=(64, 128, 256), lrs=(3e-4, 1e-3, 3e-3, 1e-2), seeds=(0, 1, 2),
                  kv_pairs=(4, 8, 16, 32, 64), vocab_size=8192, seq_len=256, n_train=100_000, n_val_per_kv=1000,
                  n_test_per_kv=1000, batch_size=256, epochs=32, max_steps=None, d_state=64, data_seed=0,
-                 compile=False, cuda_graphs=False, stop_acc=0.99)
+                 compile=False, cuda_graphs=False, stop_acc=STOP_ACC)
 PROFILES = {
     'published': PUBLISHED,
     'published-512': {**PUBLISHED, 'seq_len': 512},
@@ -151,7 +152,7 @@ class MQARTrainArgs:
     grad_clip: float = 1.0
     max_steps: int | None = None       # a cap on the steps (smoke runs)
     val_every_epochs: float = 1        # validation accuracy during training (0: only at the end)
-    stop_acc: float | None = 0.99      # stop once every KV count's validation accuracy reaches this (Zoology's early stop); None: never
+    stop_acc: float | None = STOP_ACC  # stop once every KV count's validation accuracy reaches this (Zoology's early stop); None: never
     log_every: int = 50                # steps between loss read-backs
     precision: str = 'auto'            # 'auto' (bf16 autocast on CUDA, fp32 on CPU), 'bf16', 'fp32'
     compile: bool = False
@@ -356,7 +357,7 @@ def run_spec(spec: dict, data: dict | None = None, device='auto', progress: bool
     cfg = mqar_config(spec['pattern'], int(spec['d_model']), spec['vocab_size'], spec['seq_len'], spec.get('d_state', 64),
                       **(spec.get('model_overrides') or {}))
     args = MQARTrainArgs(lr=float(spec['lr']), epochs=spec['epochs'], batch_size=int(spec['batch_size']),
-                         max_steps=spec.get('max_steps'), stop_acc=spec.get('stop_acc', 0.99), compile=bool(spec.get('compile')),
+                         max_steps=spec.get('max_steps'), stop_acc=spec.get('stop_acc', STOP_ACC), compile=bool(spec.get('compile')),
                          cuda_graphs=bool(spec.get('cuda_graphs')), seed=int(spec['seed']), progress=progress)
     res = train_mqar(cfg, data, args, device, label=run_key(spec), log=log, ckpt=ckpt, should_stop=should_stop)
     if not res.get('stopped'): res.update(key=run_key(spec), phase=spec.get('phase'), profile=spec.get('profile'))
@@ -393,13 +394,16 @@ if __name__ == '__main__': sys.exit(main())
 def grid_specs(p: dict) -> list[dict]:
     "Phase-1 runs: every pattern × width × learning rate, first seed."
     base = {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items() if k not in ('patterns', 'widths', 'lrs', 'seeds')}
-    lrs = sorted(p['lrs'], key=lambda x: abs(math.log(x / 1e-3)))            # middle-out: 1e-3, 3e-3, 3e-4, 1e-2
     return [dict(base, pattern=pat, d_model=w, lr=lr, seed=p['seeds'][0], phase='lr')
-            for w in p['widths'] for pat in p['patterns'] for lr in lrs]
+            for w in p['widths'] for pat in p['patterns'] for lr in lr_order(p['lrs'])]
 
-def is_solved(r: dict, stop_acc: float | None = 0.99) -> bool:
-    "Whether run `r` solved the task: validation accuracy >= `stop_acc` at every KV count."
-    return bool(r.get('val_acc_by_kv')) and min(r['val_acc_by_kv'].values()) >= (stop_acc if stop_acc is not None else 0.99)
+def lr_order(lrs) -> list[float]:
+    "The order in which a (pattern, width) tries its learning rates: middle-out from 1e-3 (1e-3, 3e-3, 3e-4, 1e-2)."
+    return sorted(lrs, key=lambda x: abs(math.log(x / 1e-3)))
+
+def is_solved(r: dict, stop_acc: float | None = STOP_ACC) -> bool:
+    "Whether run `r` solved the task: validation accuracy >= `stop_acc` (None: `STOP_ACC`) at every KV count."
+    return bool(r.get('val_acc_by_kv')) and min(r['val_acc_by_kv'].values()) >= (STOP_ACC if stop_acc is None else stop_acc)
 
 def solved_lr(runs_dir, spec: dict) -> float | None:
     "The learning rate at which the same pattern, width and seed already solved the task in phase 1 (None: not yet)."
@@ -409,10 +413,13 @@ def solved_lr(runs_dir, spec: dict) -> float | None:
         if r.get('phase') == 'lr' and not r.get('skipped') and is_solved(r, spec.get('stop_acc')): return r['lr']
     return None
 
-def skip_record(spec: dict, lr: float) -> dict:
-    "The run file of a phase-1 run not trained because its (pattern, width) had solved the task at `lr`."
-    return dict(key=run_key(spec), pattern=spec['pattern'], d_model=spec['d_model'], lr=spec['lr'], seed=spec['seed'],
-                phase=spec['phase'], skipped=f"not run: the task was solved at lr {lr:g}")
+def skip_if_solved(runs_dir, spec: dict) -> float | None:
+    "For a phase-1 `spec` whose pattern, width and seed already solved the task at another rate: write its run file as skipped and return that rate (else None)."
+    if spec['phase'] != 'lr' or (lr := solved_lr(runs_dir, spec)) is None: return None
+    rec = dict(key=run_key(spec), pattern=spec['pattern'], d_model=spec['d_model'], lr=spec['lr'], seed=spec['seed'],
+               phase=spec['phase'], skipped=f"not run: the task was solved at lr {lr:g}")
+    (Path(runs_dir) / f"{run_key(spec)}.json").write_text(json.dumps(rec, indent=1))
+    return lr
 
 def choose_lrs(results: list[dict]) -> dict:
     "`{(pattern, d_model): lr}` with the best mean validation accuracy (first seed; ties: the smaller lr)."
@@ -433,7 +440,8 @@ def edge_specs(p: dict, results: list[dict]) -> list[dict]:
     lo, hi = nice(lrs[0] / step), nice(lrs[-1] * step)
     base = {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items() if k not in ('patterns', 'widths', 'lrs', 'seeds')}
     out = []
-    for (pat, w), lr in sorted(choose_lrs(results).items()):
+    grid = [r for r in results if r['lr'] in lrs]            # decided on the grid's own rates: stable once an edge run exists
+    for (pat, w), lr in sorted(choose_lrs(grid).items()):
         if pat not in p['patterns'] or w not in p['widths']: continue
         rs = [r for r in results if r['pattern'] == pat and r['d_model'] == w and r.get('phase') == 'lr' and r['lr'] == lr]
         if not rs or is_solved(rs[0], p.get('stop_acc')): continue
@@ -454,8 +462,7 @@ def inprocess_executor(device='auto', progress: bool = True, cache_dir=None, log
         for i, s in enumerate(specs):
             dk = tuple(json.dumps(s[k]) for k in DATA_KEYS)
             if dk not in cache: cache.clear(); cache[dk] = load_mqar_splits(cache_dir, **{k: s[k] for k in DATA_KEYS})
-            if s['phase'] == 'lr' and (lr := solved_lr(runs_dir, s)) is not None:
-                (Path(runs_dir) / f"{run_key(s)}.json").write_text(json.dumps(skip_record(s, lr), indent=1))
+            if (lr := skip_if_solved(runs_dir, s)) is not None:
                 log(f"run {i + 1}/{len(specs)}: {run_key(s)} skipped: solved at lr {lr:g}"); continue
             log(f"run {i + 1}/{len(specs)}: {run_key(s)} ({s['phase']} phase)")
             res = run_spec(s, cache[dk], device, progress, log=log)

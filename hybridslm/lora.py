@@ -7,7 +7,7 @@ from __future__ import annotations
 import json, math, random
 from collections import Counter
 from pathlib import Path
-import torch, torch.nn as nn, torch.nn.functional as F
+import torch
 from .config import HybridConfig
 from .model import HybridForCausalLM
 

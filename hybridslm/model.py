@@ -45,14 +45,13 @@ class HybridCache(Cache):
     # the rest of the `transformers.Cache` interface, in terms of the above
     def reorder_cache(self, beam_idx: torch.Tensor): self.reorder(beam_idx)
     def batch_select_indices(self, indices: torch.Tensor): self.reorder(indices)
+    def _state0(self) -> torch.Tensor:
+        c = self.layers[0]
+        return c.k if isinstance(c, KVCache) else c.conv_state
     def batch_repeat_interleave(self, repeats: int):
-        c = self.layers[0]
-        self.reorder(torch.arange(self.batch_size, device=(c.k if isinstance(c, KVCache) else c.conv_state).device
-                                  ).repeat_interleave(repeats))
+        self.reorder(torch.arange(self.batch_size, device=self._state0().device).repeat_interleave(repeats))
     @property
-    def batch_size(self) -> int:
-        c = self.layers[0]
-        return (c.k if isinstance(c, KVCache) else c.conv_state).shape[0]
+    def batch_size(self) -> int: return self._state0().shape[0]
     @property
     def is_initialized(self) -> bool: return True         # allocated whole by `allocate_cache`
     @property

@@ -4,9 +4,9 @@
 
 # %% ../nbs/41_quantize.ipynb #f755e294
 from __future__ import annotations
-import json, math, time
+import json, math
 from pathlib import Path
-import torch, torch.nn as nn, torch.nn.functional as F
+import torch, torch.nn as nn
 from .config import HybridConfig
 from .model import HybridForCausalLM
 from .train.optim import SSM_FP32_PARAMS, cast_keep_ssm_fp32

@@ -135,21 +135,28 @@ case "${1:-}" in
     t=$(( $(left) - 20 )); [ "$t" -gt 60 ] && timeout "$t" nbdev_test --flags gpu --n_workers 1 > "$OUT/gputest_all.log" 2>&1; tail -n 8 "$OUT/gputest_all.log" ;;
   ablate)     # $2 = mqar (default): the MQAR grid of the published protocol on every GPU of the host; lm: the LM
                # comparison on the corpus in .gpudata/corpus (a folder of .jsonl[.gz]/.txt files), tokenized once first;
-               # both: one then the other. A sweep cut off by BUDGET_S resumes where it stopped when the same command runs
-               # again (finished runs are kept under papermill_runs/ablate/; copy that folder back between hosts)
+               # both: the two sweeps at the same time, each with its own runs per GPU (MQAR_JOBS, LM_JOBS; default 2
+               # and 1). A sweep cut off by BUDGET_S resumes where it stopped when the same command runs again
+               # (finished runs are kept under papermill_runs/ablate/; copy that folder back between hosts)
     what=${2:-mqar}
-    if [ "$what" != lm ]; then
-      t=$(( $(left) - 30 ))
-      python3 experiments/sweep_ablate.py --task mqar --gpus all ${MQAR_ARGS:-} --deadline-s "$t" > "$OUT/sweep_mqar.log" 2>&1
+    mqar_part() {
+      python3 experiments/sweep_ablate.py --task mqar --gpus all --jobs-per-gpu "${MQAR_JOBS:-2}" ${MQAR_ARGS:-} \
+          --deadline-s "$(( $(left) - 30 ))" > "$OUT/sweep_mqar.log" 2>&1
       echo "mqar sweep exit $? (3: incomplete, run again)" >> "$OUT/sweep_mqar.log"
-    fi
-    if [ "$what" != mqar ]; then
+    }
+    lm_part() {
       TOKENIZERS_PARALLELISM=true python3 -c "from hybridslm.ablate import lm_data; d = lm_data('$PWD/.gpudata/corpus', 512); \
           print(f\"{d['n_train_tokens']:,} train / {d['n_val_tokens']:,} val tokens\")" 2>&1 | grep -v Warn | tail -n 2
-      t=$(( $(left) - 30 ))
-      python3 experiments/sweep_ablate.py --task lm --gpus all ${LM_ARGS:-} --deadline-s "$t" -p device=cuda \
-          -p lm_source=.gpudata/corpus > "$OUT/sweep_lm.log" 2>&1; echo "lm sweep exit $? (3: incomplete, run again)" >> "$OUT/sweep_lm.log"
-    fi
+      python3 experiments/sweep_ablate.py --task lm --gpus all --jobs-per-gpu "${LM_JOBS:-2}" ${LM_ARGS:-} \
+          --deadline-s "$(( $(left) - 30 ))" -p device=cuda -p lm_source=.gpudata/corpus > "$OUT/sweep_lm.log" 2>&1
+      echo "lm sweep exit $? (3: incomplete, run again)" >> "$OUT/sweep_lm.log"
+    }
+    case "$what" in
+      mqar) mqar_part ;;
+      lm) lm_part ;;
+      both) LM_JOBS=${LM_JOBS:-1} lm_part & mqar_part; wait ;;
+      *) echo "ablate: expected mqar, lm or both, got '$what'"; exit 2 ;;
+    esac
     tar czf "$OUT/ablate.tgz" --exclude='*.safetensors' --exclude='*.pt' --exclude='checkpoint*' --exclude='tb' papermill_runs/ablate 2>/dev/null
     tail -n 25 "$OUT"/sweep_*.log ;;
   final)   # the 1-GPU DeepSpeed baseline, then a demo model trained on the GPU and the quantization bench on it (GPU 0).

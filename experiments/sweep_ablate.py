@@ -219,8 +219,8 @@ def lm_runs(a) -> list[dict]:
     root = Path(a.runs_root) / (a.name or 'lm')
     if root.is_absolute() and root.is_relative_to(REPO): root = root.relative_to(REPO)
     runs = []
-    for p in pats:
-        for s in seeds:
+    for s in seeds:                        # seed-major: a sweep cut off by its deadline has every pattern at the first seeds
+        for p in pats:
             d = root / f"{p}_s{s}"
             params = {**extra, 'task': 'lm', 'patterns': [p], 'seeds': [s], 'reference_pattern': pats[0],
                       'run_name': f"{root.name}/{p}_s{s}", 'out_dir': str(d)}
@@ -241,7 +241,12 @@ def run_lm(a) -> int:
     print(f"LM sweep '{root.name}': {len(runs)} runs (pattern × seed), {len(runs) - len(todo)} already done", flush=True)
     if not a.aggregate_only and todo:
         deadline = t_start + a.deadline_s if a.deadline_s else None
-        def on_done(o): print(f"{o['name']}: {'ok' if o['rc'] == 0 else o['rc']} in {o['seconds']:.0f}s", flush=True)
+        from hybridslm.ablate import clean_executed_notebook
+        def on_done(o):
+            d = REPO / o['job']['dir']
+            if o['rc'] == 0: clean_executed_notebook(d / 'ablate.ipynb')    # no stderr, no paths of this machine
+            else: (d / 'results.json').unlink(missing_ok=True)      # stopped after its training: the notebook is incomplete
+            print(f"{o['name']}: {'ok' if o['rc'] == 0 else o['rc']} in {o['seconds']:.0f}s", flush=True)
         res, skipped = Pool(slots(a), deadline).run(todo, lambda j: 0.0, on_done)
         bad = [o for o in res if o['rc'] not in (0, 'deadline')]
         for o in bad: print(f"{o['name']} FAILED, see {o['job']['log']}\n{_tail(o['job']['log'])}", file=sys.stderr)

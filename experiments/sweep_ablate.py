@@ -8,7 +8,7 @@ the first seed, phase 2 the other seeds at the learning rate chosen on the valid
 then results.json, results_table.csv/.md, the plots, conclusion.md and report.ipynb in papermill_runs/ablate/<name>/.
 
     # the whole published grid on a 2-GPU machine, 4 runs per GPU at a time; rerun the same command to resume
-    python experiments/sweep_ablate.py --task mqar --gpus 0,1 --jobs-per-gpu 2 --deadline-s 560
+    python experiments/sweep_ablate.py --task mqar --gpus 0,1 --jobs-per-gpu 2 --deadline-s 3300
     # the harder setting (sequence length 512), or a toy grid on a CPU
     python experiments/sweep_ablate.py --task mqar --profile published-512 --name mqar512 --gpus 0,1
     python experiments/sweep_ablate.py --task mqar --profile cpu-smoke --name smoke --jobs 2
@@ -16,7 +16,7 @@ then results.json, results_table.csv/.md, the plots, conclusion.md and report.ip
 LM (`--task lm`): one papermill run of experiments/ablate_layer_pattern.ipynb per pattern × seed (parameter counts
 matched to the first pattern), K per GPU at a time, aggregated into papermill_runs/ablate/<name>/.
 
-    python experiments/sweep_ablate.py --task lm --gpus 0,1 --jobs-per-gpu 2 -p lm_source=/data/corpus --deadline-s 560
+    python experiments/sweep_ablate.py --task lm --gpus 0,1 --jobs-per-gpu 2 -p lm_source=/data/corpus --deadline-s 3300
     python experiments/sweep_ablate.py --task lm --print-commands > jobs.txt      # for a cluster scheduler
     python experiments/sweep_ablate.py --task lm --aggregate-only
 

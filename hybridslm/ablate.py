@@ -143,6 +143,13 @@ def _source_id(source) -> list:
         source = CORPUS_DIR
     return [[str(f.resolve()), f.stat().st_size, int(f.stat().st_mtime)] for f in _text_files(Path(source))]
 
+def _shown_path(source) -> str:
+    "A source as results record it: relative to the working directory when inside it, so committed runs carry no machine's paths."
+    if source in (None, 'embedded'): return 'embedded'
+    p = Path(source)
+    try: return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError: return str(source)
+
 def lm_data(source='embedded', seq_len: int = 256, val_fraction: float = 0.05, max_chars: int | None = None,
             seed: int = 0, tokenizer=None, chunk_chars: int = 20000, cache_dir=None) -> dict:
     """Packed train/val `TokenSequences` of real text: `{'train','val','n_train_tokens','n_val_tokens','source'}`.
@@ -180,7 +187,7 @@ def lm_data(source='embedded', seq_len: int = 256, val_fraction: float = 0.05, m
             tmp = f.with_name(f"{f.stem}.{os.getpid()}.tmp.npz")
             np.savez(tmp, train=tr, val=va); os.replace(tmp, f)
     return {'train': TokenSequences(tr.astype(np.int64), seq_len), 'val': TokenSequences(va.astype(np.int64), seq_len),
-            'n_train_tokens': len(tr), 'n_val_tokens': len(va), 'source': str(source), 'vocab_size': len(tok)}
+            'n_train_tokens': len(tr), 'n_val_tokens': len(va), 'source': _shown_path(source), 'vocab_size': len(tok)}
 
 # %% ../nbs/61_ablate.ipynb #f0963427
 def resolve_device(device='auto') -> torch.device:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np, torch
 from torch import nn
 import re, sys, warnings
-from .config import HybridConfig, count_params, pattern_from_indices, seed_like_pattern
+from .config import HybridConfig, count_params, pattern_from_indices, roadmap_pattern
 from .model import HybridForCausalLM
 from .train.loop import TokenSequences, TrainArgs, fit, evaluate
 
@@ -32,7 +32,7 @@ def expand_pattern(spec: str, n_layers: int | None = None) -> str:
     if not n_layers or n_layers <= 0: raise ValueError(f"pattern {spec!r} is a named family: give n_layers (> 0), got {n_layers!r}")
     if spec == 'mamba': return 'M' * n_layers
     if spec == 'attention': return 'A' * n_layers
-    if spec == 'roadmap': return seed_like_pattern(n_layers)
+    if spec == 'roadmap': return roadmap_pattern(n_layers)
     k = int(spec[3:])
     return pattern_from_indices(n_layers, [i for i in range(n_layers) if i % k == k - 1] or [n_layers - 1])
 

@@ -10,7 +10,7 @@ from transformers import PretrainedConfig
 
 # %% auto #0
 __all__ = ['LAYER_TYPES', 'SEED_ATTN_IDX_24', 'PRESETS', 'AUTO_MAP', 'LOADER_SHIMS', 'parse_layer_pattern',
-           'pattern_from_indices', 'HybridConfig', 'seed_like_pattern', 'check_config_overrides', 'count_params',
+           'pattern_from_indices', 'HybridConfig', 'roadmap_pattern', 'check_config_overrides', 'count_params',
            'write_loader_shims']
 
 # %% ../nbs/00_config.ipynb #94bd2c10
@@ -160,7 +160,7 @@ class HybridConfig(PretrainedConfig):
 # %% ../nbs/00_config.ipynb #144a8411
 SEED_ATTN_IDX_24 = (1, 2, 6, 11, 16, 21, 22, 23)
 
-def seed_like_pattern(n_layers: int) -> str:
+def roadmap_pattern(n_layers: int) -> str:
     """The design roadmap's 24-layer attention placement scaled to `n_layers` (exact for 24). Deeper stacks keep 8 attention
     layers; shallower ones keep the roadmap's 1-in-3 ratio, taking an even subset of the roadmap's positions."""
     if n_layers < 1: raise ValueError(f"n_layers must be >= 1, got {n_layers}")
@@ -179,11 +179,11 @@ def seed_like_pattern(n_layers: int) -> str:
 PRESETS: dict[str, dict] = {
     'demo':  dict(d_model=512,  layer_pattern='MMAMMAMMAMMA', n_heads=8,  n_kv_heads=4),
     '125m':  dict(d_model=768,  layer_pattern='MMAMMAMMAMMA', n_heads=12, n_kv_heads=4),
-    '350m':  dict(d_model=1024, layer_pattern=seed_like_pattern(24), n_heads=16, n_kv_heads=4),
-    '1.3b':  dict(d_model=2048, layer_pattern=seed_like_pattern(24), n_heads=16, n_kv_heads=4),
-    '2.7b':  dict(d_model=2560, layer_pattern=seed_like_pattern(32), n_heads=20, n_kv_heads=4),
-    '6.7b':  dict(d_model=4096, layer_pattern=seed_like_pattern(32), n_heads=32, n_kv_heads=8),
-    '13b':   dict(d_model=5120, layer_pattern=seed_like_pattern(40), n_heads=40, n_kv_heads=8),
+    '350m':  dict(d_model=1024, layer_pattern=roadmap_pattern(24), n_heads=16, n_kv_heads=4),
+    '1.3b':  dict(d_model=2048, layer_pattern=roadmap_pattern(24), n_heads=16, n_kv_heads=4),
+    '2.7b':  dict(d_model=2560, layer_pattern=roadmap_pattern(32), n_heads=20, n_kv_heads=4),
+    '6.7b':  dict(d_model=4096, layer_pattern=roadmap_pattern(32), n_heads=32, n_kv_heads=8),
+    '13b':   dict(d_model=5120, layer_pattern=roadmap_pattern(40), n_heads=40, n_kv_heads=8),
 }
 
 # %% ../nbs/00_config.ipynb #4491ccd8

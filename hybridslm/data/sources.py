@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 # %% auto #0
-__all__ = ['KINDS', 'SEED_MIXTURE', 'CODE_FILTERS', 'expand_path', 'SourceSpec', 'iter_records', 'Mixture', 'local_mixture',
+__all__ = ['KINDS', 'ROADMAP_MIXTURE', 'CODE_FILTERS', 'expand_path', 'SourceSpec', 'iter_records', 'Mixture', 'local_mixture',
            'interleave', 'mixture_report']
 
 # %% ../../nbs/10_data.sources.ipynb #c6414548
@@ -133,7 +133,7 @@ class Mixture:
         if unknown: raise ValueError(f"Mixture config has unknown keys {sorted(unknown)}")
         return cls(**d)
 
-SEED_MIXTURE = Mixture([
+ROADMAP_MIXTURE = Mixture([
     SourceSpec('c4', .30, 'hf', hf_name='allenai/c4', hf_config='en'),
     SourceSpec('pile', .25, 'hf', hf_name='monology/pile-uncopyrighted'),
     SourceSpec('starcoder', .15, 'hf', hf_name='bigcode/starcoderdata', text_field='content', filters=['length', 'pii']),

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np, torch
 
 # %% auto #0
-__all__ = ['RUN_DEFAULTS', 'PRESET_TRAIN_DEFAULTS', 'SEED_TRAIN_DEFAULTS', 'PR_SET_PDEATHSIG', 'LAUNCHER_ENV', 'resolve_run',
+__all__ = ['RUN_DEFAULTS', 'PRESET_TRAIN_DEFAULTS', 'ROADMAP_TRAIN_DEFAULTS', 'PR_SET_PDEATHSIG', 'LAUNCHER_ENV', 'resolve_run',
            'MixtureDataset', 'load_run_data', 'build_model', 'train_args', 'set_parent_death_signal', 'process_id',
            'is_running', 'process_tree', 'stay_with_launcher', 'run_worker', 'main', 'launch_command', 'LaunchedRun',
            'launch']
@@ -26,7 +26,7 @@ RUN_DEFAULTS = dict(
     sample_prompt='It was a dark and stormy night, and', sample_tokens=60, require_beat_unigram=True)
 
 PRESET_TRAIN_DEFAULTS = {'demo': dict(seq_len=128, micro_batch=4, grad_accum=1, lr=3e-3, warmup=10, time_budget_min=8.0)}
-SEED_TRAIN_DEFAULTS = dict(seq_len=2048, micro_batch=4, grad_accum=16, lr=3e-4, warmup=2000, time_budget_min=None)
+ROADMAP_TRAIN_DEFAULTS = dict(seq_len=2048, micro_batch=4, grad_accum=16, lr=3e-4, warmup=2000, time_budget_min=None)
 
 def resolve_run(params: dict) -> dict:
     "Check run parameters against `RUN_DEFAULTS`, fill preset defaults; ValueError naming any bad field."
@@ -39,7 +39,7 @@ def resolve_run(params: dict) -> dict:
     p = {**RUN_DEFAULTS, **params}
     from hybridslm.config import PRESETS
     if str(p['preset']).lower() not in PRESETS: raise ValueError(f"preset={p['preset']!r}: choose one of {sorted(PRESETS)}")
-    for k, v in PRESET_TRAIN_DEFAULTS.get(str(p['preset']).lower(), SEED_TRAIN_DEFAULTS).items():
+    for k, v in PRESET_TRAIN_DEFAULTS.get(str(p['preset']).lower(), ROADMAP_TRAIN_DEFAULTS).items():
         if (p[k] == 'auto') if k == 'time_budget_min' else (p[k] is None): p[k] = v
     if not isinstance(p['num_gpus'], int) or p['num_gpus'] < 1: raise ValueError(f"num_gpus must be >= 1, got {p['num_gpus']!r}")
     if p['zero_stage'] not in (None, 0, 1, 2, 3): raise ValueError(f"zero_stage must be None, 0, 1, 2 or 3, got {p['zero_stage']!r}")

@@ -9,56 +9,244 @@ from pathlib import Path
 import numpy as np, torch
 
 # %% auto #0
-__all__ = ['RUN_DEFAULTS', 'PRESET_TRAIN_DEFAULTS', 'ROADMAP_TRAIN_DEFAULTS', 'PR_SET_PDEATHSIG', 'LAUNCHER_ENV', 'resolve_run',
-           'MixtureDataset', 'load_run_data', 'build_model', 'train_args', 'set_parent_death_signal', 'process_id',
-           'is_running', 'process_tree', 'stay_with_launcher', 'run_worker', 'main', 'launch_command', 'LaunchedRun',
-           'launch']
+__all__ = ['RUN_DEFAULTS', 'PRESET_TRAIN_DEFAULTS', 'ROADMAP_TRAIN_DEFAULTS', 'PR_SET_PDEATHSIG', 'LAUNCHER_ENV', 'ModelSpec',
+           'DataSpec', 'TrainSpec', 'DistSpec', 'OutputSpec', 'RunConfig', 'resolve_run', 'MixtureDataset',
+           'load_run_data', 'build_model', 'train_args', 'set_parent_death_signal', 'process_id', 'is_running',
+           'process_tree', 'stay_with_launcher', 'run_worker', 'main', 'launch_command', 'LaunchedRun', 'launch']
 
 # %% ../../nbs/25_train.launch.ipynb #9a200b1b
-RUN_DEFAULTS = dict(
-    preset='demo', layer_pattern=None, model_overrides=None, tokenizer='hybridslm-bpe-8k', data='embedded',
-    val_fraction=0.05, seq_len=None, micro_batch=None, grad_accum=None, max_steps=400, time_budget_min='auto',
-    lr=None, warmup=None, min_lr_ratio=0.1, weight_decay=0.1, grad_clip=1.0, precision='auto', zero_stage=None,
-    offload=False, grad_checkpointing=False, compile=False, eval_every=25, eval_batches=8, final_eval_batches=40, save_every=0,
-    keep_last=2, resume=None, max_bad_steps=10, log_to='tensorboard', wandb_project='hybridslm', peak_tflops=None,
-    num_gpus=1, launcher='torchrun', hostfile=None, nnodes=1, node_rank=0, master_addr='127.0.0.1',
-    master_port=29500, device='auto', seed=0, run_name='demo', out_dir='papermill_runs/demo',
-    sample_prompt='It was a dark and stormy night, and', sample_tokens=60, require_beat_unigram=True)
+import dataclasses, typing
+from dataclasses import dataclass, field
+
+@dataclass
+class ModelSpec:
+    "Which model: a preset, optionally another layer pattern and any `HybridConfig` fields."
+    preset: str = 'demo'
+    layer_pattern: str | None = None
+    model_overrides: dict | None = None
+    tokenizer: str = 'hybridslm-bpe-8k'
+
+@dataclass
+class DataSpec:
+    "What to train on: `'embedded[:book,...]'`, a packed-shard directory, or a mixture `{dir: weight}` / .json / .yaml."
+    data: str | dict = 'embedded'
+    val_fraction: float = 0.05
+    seq_len: int | None = None
+
+@dataclass
+class TrainSpec:
+    "How to train: `None` (and `time_budget_min='auto'`) mean the preset's default; see `resolve`."
+    micro_batch: int | None = None
+    grad_accum: int | None = None
+    max_steps: int = 400
+    time_budget_min: float | str | None = 'auto'
+    lr: float | None = None
+    warmup: int | None = None
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    grad_clip: float | None = 1.0
+    precision: str = 'auto'
+    grad_checkpointing: bool = False
+    compile: bool = False
+    cuda_graphs: bool = False
+    eval_every: int = 25
+    eval_batches: int = 8
+    final_eval_batches: int = 40
+    save_every: int = 0
+    keep_last: int = 2
+    resume: str | None = None
+    max_bad_steps: int = 10
+    seed: int = 0
+    peak_tflops: float | None = None
+
+@dataclass
+class DistSpec:
+    "Where to train: one device, or N processes per node under torchrun / DeepSpeed's launcher with ZeRO."
+    num_gpus: int = 1
+    zero_stage: int | None = None
+    offload: bool = False
+    launcher: str = 'torchrun'
+    hostfile: str | None = None
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = '127.0.0.1'
+    master_port: int = 29500
+    device: str = 'auto'
+
+@dataclass
+class OutputSpec:
+    "Where results go and what the run reports."
+    run_name: str = 'demo'
+    out_dir: str = 'papermill_runs/demo'
+    log_to: str | None = 'tensorboard'
+    wandb_project: str = 'hybridslm'
+    sample_prompt: str = 'It was a dark and stormy night, and'
+    sample_tokens: int = 60
+    require_beat_unigram: bool = True
+
+_SECTIONS = {'model': ModelSpec, 'dataset': DataSpec, 'train': TrainSpec, 'distributed': DistSpec, 'output': OutputSpec}
+
+def _type_ok(v, tp) -> bool:
+    "Whether `v` is a value of annotation `tp` (an int passes for a float; a bool is not an int)."
+    if tp is typing.Any: return True
+    if typing.get_origin(tp) in (typing.Union, __import__('types').UnionType):
+        return any(_type_ok(v, t) for t in typing.get_args(tp))
+    if tp is type(None): return v is None
+    if tp is bool: return isinstance(v, bool)
+    if tp is int: return isinstance(v, int) and not isinstance(v, bool)
+    if tp is float: return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, typing.get_origin(tp) or tp)
+
+def _type_name(tp) -> str:
+    args = typing.get_args(tp)
+    return ' or '.join(_type_name(t) for t in args) if args else ('None' if tp is type(None) else tp.__name__)
+
+@dataclass
+class RunConfig:
+    """One training run, typed: `model`, `dataset`, `train`, `distributed` and `output` sections. Every field is checked
+    by name and type; `params()` is the flat view that `experiments/train.ipynb`'s parameters cell holds (one name per
+    field, unique across sections), `from_params` reads it back, `save`/`load` keep it as JSON in the run folder."""
+    model: ModelSpec = field(default_factory=ModelSpec)
+    dataset: DataSpec = field(default_factory=DataSpec)       # (not `data`: that is the field naming the source)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    distributed: DistSpec = field(default_factory=DistSpec)
+    output: OutputSpec = field(default_factory=OutputSpec)
+
+    def __post_init__(self):
+        for s, cls in _SECTIONS.items():
+            sec = getattr(self, s)
+            if isinstance(sec, dict): sec = self._section(s, sec); setattr(self, s, sec)
+            if not isinstance(sec, cls): raise ValueError(f"RunConfig.{s} must be a {cls.__name__} or a dict, got {type(sec).__name__}")
+            hints = typing.get_type_hints(cls)
+            for f in dataclasses.fields(cls):
+                v = getattr(sec, f.name)
+                if isinstance(v, os.PathLike) and _type_ok('', hints[f.name]): v = str(v); setattr(sec, f.name, v)   # paths as text
+                if not _type_ok(v, hints[f.name]):
+                    raise ValueError(f"run parameter {f.name}={v!r}: must be {_type_name(hints[f.name])}")
+
+    @staticmethod
+    def _section(name, d: dict):
+        cls = _SECTIONS[name]
+        known = [f.name for f in dataclasses.fields(cls)]
+        bad = set(d) - set(known)
+        if bad: raise ValueError(_unknown_names(bad, known, f"{name} section"))
+        return cls(**d)
+
+    @classmethod
+    def fields(cls) -> dict[str, str]:
+        "`{flat parameter name: section}` for every field."
+        return {f.name: s for s, c in _SECTIONS.items() for f in dataclasses.fields(c)}
+
+    @classmethod
+    def from_params(cls, params: dict) -> 'RunConfig':
+        "From flat parameters (`{'preset': ..., 'lr': ...}`), nested sections (`{'train': {...}}`), or both."
+        where, nested, flat = cls.fields(), {}, {}
+        for k, v in params.items():
+            if k in _SECTIONS and isinstance(v, dict) and k not in where: nested.setdefault(k, {}).update(v)
+            else: flat[k] = v
+        bad = set(flat) - set(where)
+        if bad: raise ValueError(_unknown_names(bad, list(where), 'run parameter'))
+        for k, v in flat.items(): nested.setdefault(where[k], {})[k] = v
+        return cls(**{s: cls._section(s, nested.get(s, {})) for s in _SECTIONS})
+
+    def params(self) -> dict:
+        "The flat view: every field by its name."
+        return {k: v for s in _SECTIONS for k, v in dataclasses.asdict(getattr(self, s)).items()}
+
+    def to_dict(self) -> dict: return {s: dataclasses.asdict(getattr(self, s)) for s in _SECTIONS}
+
+    def replace(self, **params) -> 'RunConfig':
+        "A copy with some fields changed (flat names), checked like any other."
+        return RunConfig.from_params({**self.params(), **params})
+
+    def save(self, path) -> Path:
+        "Write the config as JSON (sections nested) to `path`, or to `path/run_config.json` for a directory."
+        path = Path(path)
+        if path.is_dir(): path = path / 'run_config.json'
+        path.write_text(json.dumps(self.to_dict(), indent=1) + '\n')
+        return path
+
+    @classmethod
+    def load(cls, path) -> 'RunConfig':
+        path = Path(path)
+        if path.is_dir(): path = path / 'run_config.json'
+        return cls.from_params(json.loads(path.read_text()))
+
+    @property
+    def is_distributed(self) -> bool:
+        d = self.distributed
+        return d.num_gpus > 1 or d.nnodes > 1 or d.zero_stage is not None
+
+    def resolve(self) -> 'RunConfig':
+        "Preset defaults filled in and every cross-field rule checked; ValueError naming the field."
+        from hybridslm.config import PRESETS, check_config_overrides
+        p = self.params()
+        if str(p['preset']).lower() not in PRESETS: raise ValueError(f"preset={p['preset']!r}: choose one of {sorted(PRESETS)}")
+        for k, v in PRESET_TRAIN_DEFAULTS.get(str(p['preset']).lower(), ROADMAP_TRAIN_DEFAULTS).items():
+            if (p[k] == 'auto') if k == 'time_budget_min' else (p[k] is None): p[k] = v
+        if isinstance(p['time_budget_min'], str): raise ValueError(f"time_budget_min={p['time_budget_min']!r}: a number of minutes, None or 'auto'")
+        if p['num_gpus'] < 1: raise ValueError(f"num_gpus must be >= 1, got {p['num_gpus']!r}")
+        if p['zero_stage'] not in (None, 0, 1, 2, 3): raise ValueError(f"zero_stage must be None, 0, 1, 2 or 3, got {p['zero_stage']!r}")
+        if p['offload'] and p['zero_stage'] in (None, 0) and p['num_gpus'] == 1:
+            raise ValueError("offload=True needs DeepSpeed ZeRO >= 1: set zero_stage")
+        if p['launcher'] not in ('torchrun', 'deepspeed'): raise ValueError(f"launcher must be 'torchrun' or 'deepspeed', got {p['launcher']!r}")
+        check_config_overrides(p['model_overrides'])                 # a misspelt field fails here, by name, not in every rank
+        from hybridslm.train.monitor import LOG_BACKENDS
+        logs = [b.strip() for b in (p['log_to'] or '').split(',') if b.strip()]
+        if set(logs) - set(LOG_BACKENDS): raise ValueError(f"log_to={p['log_to']!r}: backends are {LOG_BACKENDS}")
+        r = RunConfig.from_params(p)
+        if r.is_distributed and p['zero_stage'] is None:
+            from hybridslm.train.deepspeed import default_zero_stage
+            r.distributed.zero_stage = default_zero_stage(p['preset'])
+        if p['cuda_graphs'] and (r.is_distributed or p['grad_accum'] != 1):
+            raise ValueError("cuda_graphs=True captures one single-process step: it needs num_gpus=1, no ZeRO and grad_accum=1")
+        if p['compile'] and r.distributed.zero_stage == 3:
+            raise ValueError("compile=True is not supported with ZeRO-3 (its parameter hooks and torch.compile do not mix); use zero_stage <= 2")
+        return r
+
+    def train_args(self, out_dir=None):
+        """The `TrainArgs` of this (resolved) config: every `train` field that `TrainArgs` has, by name, plus the
+        time budget in seconds and the checkpoint folder (`out_dir`, default the config's)."""
+        from hybridslm.train.loop import TrainArgs
+        t = dataclasses.asdict(self.train)
+        if t['time_budget_min'] == 'auto' or any(t[k] is None for k in ('micro_batch', 'grad_accum', 'lr', 'warmup')):
+            raise ValueError("RunConfig.train_args needs a resolved config (preset defaults filled): call .resolve() first")
+        names = {f.name for f in dataclasses.fields(TrainArgs)}
+        kw = {k: v for k, v in t.items() if k in names}
+        kw.update(time_budget_s=None if t['time_budget_min'] is None else 60 * t['time_budget_min'],
+                  out_dir=str(out_dir if out_dir is not None else self.output.out_dir))
+        return TrainArgs(**kw)
+
+    @staticmethod
+    def sweep(base: 'RunConfig', **axes) -> list['RunConfig']:
+        """A list of configs, one per combination of `axes` values (`lr=[1e-3, 3e-3], layer_pattern=[...]`), each
+        named `<base run_name>-<field><value>-...` with its own `out_dir` below the base's."""
+        import itertools
+        keys = list(axes)
+        bad = set(keys) - set(RunConfig.fields())
+        if bad: raise ValueError(_unknown_names(bad, list(RunConfig.fields()), 'sweep axis'))
+        out = []
+        for combo in itertools.product(*(axes[k] for k in keys)):
+            tag = '-'.join(f"{k}{v}" for k, v in zip(keys, combo))
+            name = f"{base.output.run_name}-{tag}" if tag else base.output.run_name
+            out.append(base.replace(**dict(zip(keys, combo)), run_name=name, out_dir=str(Path(base.output.out_dir) / tag) if tag else base.output.out_dir))
+        return out
+
+def _unknown_names(bad, known, what: str) -> str:
+    import difflib
+    named = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(str(k), known, 1)) else '')
+             for k in sorted(bad, key=str)]
+    return f"unknown {what}(s) {', '.join(named)}; known: {sorted(known)}"
+
+RUN_DEFAULTS = RunConfig().params()        # the flat parameter set: experiments/train.ipynb's parameters cell
 
 PRESET_TRAIN_DEFAULTS = {'demo': dict(seq_len=128, micro_batch=4, grad_accum=1, lr=3e-3, warmup=10, time_budget_min=8.0)}
 ROADMAP_TRAIN_DEFAULTS = dict(seq_len=2048, micro_batch=4, grad_accum=16, lr=3e-4, warmup=2000, time_budget_min=None)
 
 def resolve_run(params: dict) -> dict:
-    "Check run parameters against `RUN_DEFAULTS`, fill preset defaults; ValueError naming any bad field."
-    unknown = sorted(set(params) - set(RUN_DEFAULTS), key=str)
-    if unknown:
-        import difflib
-        named = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(str(k), RUN_DEFAULTS, 1)) else '')
-                 for k in unknown]
-        raise ValueError(f"unknown run parameter(s) {', '.join(named)}; known: {sorted(RUN_DEFAULTS)}")
-    p = {**RUN_DEFAULTS, **params}
-    from hybridslm.config import PRESETS
-    if str(p['preset']).lower() not in PRESETS: raise ValueError(f"preset={p['preset']!r}: choose one of {sorted(PRESETS)}")
-    for k, v in PRESET_TRAIN_DEFAULTS.get(str(p['preset']).lower(), ROADMAP_TRAIN_DEFAULTS).items():
-        if (p[k] == 'auto') if k == 'time_budget_min' else (p[k] is None): p[k] = v
-    if not isinstance(p['num_gpus'], int) or p['num_gpus'] < 1: raise ValueError(f"num_gpus must be >= 1, got {p['num_gpus']!r}")
-    if p['zero_stage'] not in (None, 0, 1, 2, 3): raise ValueError(f"zero_stage must be None, 0, 1, 2 or 3, got {p['zero_stage']!r}")
-    if p['offload'] and p['zero_stage'] in (None, 0) and p['num_gpus'] == 1:
-        raise ValueError("offload=True needs DeepSpeed ZeRO >= 1: set zero_stage")
-    if not isinstance(p['compile'], bool): raise ValueError(f"compile must be True or False, got {p['compile']!r}")
-    if p['launcher'] not in ('torchrun', 'deepspeed'): raise ValueError(f"launcher must be 'torchrun' or 'deepspeed', got {p['launcher']!r}")
-    from hybridslm.config import check_config_overrides
-    check_config_overrides(p['model_overrides'])                 # a misspelt field fails here, by name, not in every rank
-    from hybridslm.train.monitor import LOG_BACKENDS
-    logs = [b.strip() for b in (p['log_to'] or '').split(',') if b.strip()]
-    if set(logs) - set(LOG_BACKENDS): raise ValueError(f"log_to={p['log_to']!r}: backends are {LOG_BACKENDS}")
-    p['distributed'] = p['num_gpus'] > 1 or p['nnodes'] > 1 or p['zero_stage'] is not None
-    if p['distributed'] and p['zero_stage'] is None:
-        from hybridslm.train.deepspeed import default_zero_stage
-        p['zero_stage'] = default_zero_stage(p['preset'])
-    if p['compile'] and p['zero_stage'] == 3:
-        raise ValueError("compile=True is not supported with ZeRO-3 (its parameter hooks and torch.compile do not mix); use zero_stage <= 2")
-    return p
+    "Flat run parameters checked and resolved through `RunConfig`, plus `distributed`; ValueError naming any bad field."
+    r = RunConfig.from_params(params).resolve()
+    return {**r.params(), 'distributed': r.is_distributed}
 
 # %% ../../nbs/25_train.launch.ipynb #f7665035
 class MixtureDataset(torch.utils.data.Dataset):
@@ -136,15 +324,8 @@ def build_model(p: dict, tok, vocab_size: int, zero3: bool = False):
         return cfg, HybridForCausalLM(cfg)
 
 def train_args(p: dict, out: Path):
-    "The `TrainArgs` of run parameters `p`, checkpointing under `out`."
-    from hybridslm.train.loop import TrainArgs
-    return TrainArgs(max_steps=p['max_steps'], micro_batch=p['micro_batch'], grad_accum=p['grad_accum'], lr=p['lr'],
-                     warmup=p['warmup'], min_lr_ratio=p['min_lr_ratio'], weight_decay=p['weight_decay'],
-                     grad_clip=p['grad_clip'], precision=p['precision'], grad_checkpointing=p['grad_checkpointing'], compile=p['compile'],
-                     eval_every=p['eval_every'], eval_batches=p['eval_batches'], save_every=p['save_every'],
-                     keep_last=p['keep_last'], max_bad_steps=p['max_bad_steps'], seed=p['seed'], out_dir=str(out),
-                     resume=p['resume'], time_budget_s=None if p['time_budget_min'] is None else 60 * p['time_budget_min'],
-                     peak_tflops=p['peak_tflops'])
+    "The `TrainArgs` of resolved run parameters `p`, checkpointing under `out` (`RunConfig.train_args`)."
+    return RunConfig.from_params({k: v for k, v in p.items() if k != 'distributed'}).train_args(out)
 
 # %% ../../nbs/25_train.launch.ipynb #1f58daff
 PR_SET_PDEATHSIG = 1            # <linux/prctl.h>
@@ -328,7 +509,7 @@ def launch(p: dict, out: Path, env: dict | None = None, quiet: bool = False, sto
     SIGTERM/SIGINT stop the run (checkpoint, then exit) before taking their course here; nothing started outlives this call."""
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / 'run.json'
-    cfg_path.write_text(json.dumps({k: v for k, v in p.items() if k != 'distributed'}, indent=1))
+    RunConfig.from_params({k: v for k, v in p.items() if k != 'distributed'}).save(cfg_path)   # typed, sections nested
     env = {**os.environ, 'PYTHONUNBUFFERED': '1', **(env or {}), LAUNCHER_ENV: process_id()}
     if not torch.cuda.is_available(): env.setdefault('DS_ACCELERATOR', 'cpu')
     env.setdefault('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 1) // max(1, p['num_gpus']))))

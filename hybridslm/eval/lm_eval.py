@@ -15,7 +15,7 @@ from .perplexity import token_nlls
 from .data import load_task, load_mmlu_fewshot
 
 # %% auto #0
-__all__ = ['LM_EVAL_TASKS', 'HybridSLMEvalLM', 'write_lm_eval_tasks', 'run_lm_eval', 'main']
+__all__ = ['LM_EVAL_TASKS', 'HARNESS_KEYS', 'HybridSLMEvalLM', 'write_lm_eval_tasks', 'run_lm_eval', 'main']
 
 # %% ../../nbs/35_eval.lm_eval.ipynb #469256b5
 @register_model('hybridslm')
@@ -123,6 +123,12 @@ def _task_spec(task: str, max_gen_toks: int = 256) -> dict:
     return dict(output_type='multiple_choice', num_fewshot=0) | specs[task]
 
 LM_EVAL_TASKS = ('arc_easy', 'arc_challenge', 'piqa', 'boolq', 'truthfulqa', 'hellaswag', 'winogrande', 'mmlu', 'gsm8k', 'humaneval')
+
+_both = lambda *ks: {k: k for k in ks}
+HARNESS_KEYS = dict(                                  # per task: lm-eval's metric (as `run_lm_eval` names it) -> the harness's
+    arc_easy=_both('acc', 'acc_norm'), arc_challenge=_both('acc', 'acc_norm'), piqa=_both('acc', 'acc_norm'),
+    hellaswag=_both('acc', 'acc_norm'), boolq=_both('acc'), winogrande=_both('acc'), truthfulqa=dict(acc='mc1'),
+    mmlu=dict(acc='acc_micro'), gsm8k=_both('exact_match_strict', 'exact_match_flexible'), humaneval=_both('pass@1'))
 
 # %% ../../nbs/35_eval.lm_eval.ipynb #508e99cb
 def _prepare_docs(task: str, docs: list[dict], mmlu_shots: dict | None = None, n_shots: int = 5) -> list[dict]:

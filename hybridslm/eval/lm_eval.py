@@ -88,7 +88,7 @@ def _task_spec(task: str, max_gen_toks: int = 256) -> dict:
     arc = dict(doc_to_text="Question: {{question}}\nAnswer:", doc_to_target="{{choices.label.index(answerKey)}}",
                doc_to_choice="{{choices.text}}", metric_list=acc2)
     cut = "sentence.index('_')"
-    gsm_rx = ([',', '\\$', '(?s).*#### ', '\\.$'])
+    gsm_rx = [',', '\\$', '(?s).*#### ', '\\.$']          # lm-eval's exact_match normalisation of both sides
     specs = dict(
         arc_easy=arc, arc_challenge=arc,
         piqa=dict(doc_to_text="Question: {{goal}}\nAnswer:", doc_to_target='label', doc_to_choice="{{[sol1, sol2]}}", metric_list=acc2),

@@ -15,9 +15,9 @@ from .data import load_task, load_mmlu_fewshot, TASKS
 
 # %% auto #0
 __all__ = ['generate_until', 'TRUTHFULQA_PRIMER', 'MC_BUILDERS', 'GSM8K_SHOTS', 'GSM8K_UNTIL', 'HUMANEVAL_UNTIL', 'HEADLINE',
-           'LMScorer', 'tiny_test_model', 'cut_at_stop', 'MCItem', 'hellaswag_preprocess', 'mmlu_prompt', 'score_mc',
-           'gsm8k_prompt', 'gsm8k_extract', 'gsm8k_correct', 'pass_at_k', 'humaneval_program', 'evaluate_task',
-           'evaluate', 'summary_table', 'StandIn']
+           'LMScorer', 'tiny_test_model', 'cut_at_stop', 'MCItem', 'hellaswag_preprocess', 'mmlu_fewshot_prefix',
+           'mmlu_prompt', 'score_mc', 'gsm8k_prompt', 'gsm8k_extract', 'gsm8k_correct', 'pass_at_k',
+           'humaneval_program', 'evaluate_task', 'evaluate', 'summary_table', 'StandIn']
 
 # %% ../../nbs/31_eval.harness.ipynb #ef4fd525
 def _device_of(model): return next(model.parameters()).device
@@ -194,11 +194,16 @@ def _tqa(d, which):
     t = d[f'{which}_targets']; gold = [i for i, y in enumerate(t['labels']) if y == 1]
     return MCItem([TRUTHFULQA_PRIMER + '\n\nQ: ' + d['question'] + '\nA:'], list(t['choices']), gold[0] if which == 'mc1' else gold)
 
+def _mmlu_question(r: dict) -> str: return r['question'].strip() + ''.join(f"\n{l}. {c}" for l, c in zip('ABCD', r['choices'])) + '\nAnswer:'
+
+def mmlu_fewshot_prefix(subject: str, shots: list[dict]) -> str:
+    "Everything of lm-eval's k-shot MMLU prompt before the question: subject description and `len(shots)` solved dev questions."
+    desc = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+    return desc + ''.join(_mmlu_question(s) + ' ' + 'ABCD'[s['answer']] + '\n\n' for s in shots)
+
 def mmlu_prompt(d: dict, shots: list[dict]) -> str:
     "lm-eval's MMLU prompt: subject description, `len(shots)` solved dev questions, then the question."
-    fmt = lambda r: r['question'].strip() + ''.join(f"\n{l}. {c}" for l, c in zip('ABCD', r['choices'])) + '\nAnswer:'
-    desc = f"The following are multiple choice questions (with answers) about {d['subject'].replace('_', ' ')}.\n\n"
-    return desc + ''.join(fmt(s) + ' ' + 'ABCD'[s['answer']] + '\n\n' for s in shots) + fmt(d)
+    return mmlu_fewshot_prefix(d['subject'], shots) + _mmlu_question(d)
 
 MC_BUILDERS = dict(arc_easy=_arc, arc_challenge=_arc, piqa=_piqa, boolq=_boolq, hellaswag=_hellaswag, winogrande=_winogrande,
                    truthfulqa_mc1=lambda d: _tqa(d, 'mc1'), truthfulqa_mc2=lambda d: _tqa(d, 'mc2'))

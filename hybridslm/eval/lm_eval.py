@@ -9,22 +9,25 @@ from pathlib import Path
 import torch, yaml
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
-from .harness import LMScorer
+from .harness import (LMScorer, MC_BUILDERS, TRUTHFULQA_PRIMER, GSM8K_SHOTS, GSM8K_UNTIL, HUMANEVAL_UNTIL,
+                                    mmlu_fewshot_prefix)
 from .perplexity import token_nlls
-from .data import load_task
+from .data import load_task, load_mmlu_fewshot
 
 # %% auto #0
-__all__ = ['LM_EVAL_TASKS', 'HybridSLMEvalLM', 'write_lm_eval_tasks', 'run_lm_eval', 'main']
+__all__ = ['LM_EVAL_TASKS', 'HARNESS_KEYS', 'HybridSLMEvalLM', 'write_lm_eval_tasks', 'run_lm_eval', 'main']
 
 # %% ../../nbs/35_eval.lm_eval.ipynb #469256b5
 @register_model('hybridslm')
 class HybridSLMEvalLM(LM):
-    "lm-eval model wrapping a hybridslm checkpoint (`pretrained=dir`) or an in-memory `model` + `tokenizer`."
+    """lm-eval model wrapping a hybridslm checkpoint (`pretrained=dir`), an in-memory `model` + `tokenizer`, or any
+    `scorer` with `LMScorer`'s `loglikelihood` / `generate_until` (e.g. `harness.StandIn` in tests)."""
     def __init__(self, pretrained: str | None = None, model=None, tokenizer=None, batch_size=16, device: str = 'cpu',
-                 dtype: str = 'float32', max_length: int | None = None, max_gen_toks: int = 256, **kwargs):
+                 dtype: str = 'float32', max_length: int | None = None, max_gen_toks: int = 256, scorer=None, **kwargs):
         super().__init__()
         bs = int(batch_size) if str(batch_size).isdigit() else 16       # lm-eval may pass 'auto'
-        if model is not None:
+        if scorer is not None: self.sc = scorer
+        elif model is not None:
             if tokenizer is None: raise ValueError("pass tokenizer= together with model=")
             self.sc = LMScorer(model, tokenizer, batch_size=bs, max_length=max_length)
         elif pretrained:
@@ -34,7 +37,7 @@ class HybridSLMEvalLM(LM):
         self.max_gen_toks = int(max_gen_toks)
 
     @property
-    def tokenizer_name(self) -> str: return getattr(self.sc.tok, 'name_or_path', 'hybridslm')
+    def tokenizer_name(self) -> str: return getattr(getattr(self.sc, 'tok', None), 'name_or_path', 'hybridslm')
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
         return self.sc.loglikelihood([tuple(r.args) for r in requests])
@@ -65,54 +68,118 @@ class HybridSLMEvalLM(LM):
         return out
 
 # %% ../../nbs/35_eval.lm_eval.ipynb #b01ee70c
-def _task_spec(task: str) -> dict:
+class _Fn(str):
+    "A YAML `!function module.name` tag: lm-eval imports `module.py` from the YAML's folder."
+
+class _Dumper(yaml.SafeDumper): pass
+_Dumper.add_representer(_Fn, lambda d, v: d.represent_scalar('!function', str(v)))
+
+# written next to the YAMLs as hslm_utils.py (it must not import this module: a notebook session registers the model itself)
+_HELPERS = '''from hybridslm.eval.sandbox import check_humaneval
+
+def humaneval_process_results(doc, results):
+    "lm-eval `process_results` for HumanEval: pass@1 of the greedy completion, judged by `eval.sandbox.check_humaneval`."
+    return {'pass@1': float(check_humaneval(doc, results[0]).passed)}
+'''
+
+def _task_spec(task: str, max_gen_toks: int = 256) -> dict:
+    "lm-eval task config (beyond name and data) for one of our ten tasks."
+    acc2 = [dict(metric='acc'), dict(metric='acc_norm')]
     arc = dict(doc_to_text="Question: {{question}}\nAnswer:", doc_to_target="{{choices.label.index(answerKey)}}",
-               doc_to_choice="{{choices.text}}", metric_list=[dict(metric='acc'), dict(metric='acc_norm')])
+               doc_to_choice="{{choices.text}}", metric_list=acc2)
+    cut = "sentence.index('_')"
+    gsm_rx = [',', '\\$', '(?s).*#### ', '\\.$']          # lm-eval's exact_match normalisation of both sides
     specs = dict(
         arc_easy=arc, arc_challenge=arc,
-        piqa=dict(doc_to_text="Question: {{goal}}\nAnswer:", doc_to_target='label', doc_to_choice="{{[sol1, sol2]}}",
-                  metric_list=[dict(metric='acc'), dict(metric='acc_norm')]),
+        piqa=dict(doc_to_text="Question: {{goal}}\nAnswer:", doc_to_target='label', doc_to_choice="{{[sol1, sol2]}}", metric_list=acc2),
         boolq=dict(doc_to_text="{{passage}}\nQuestion: {{question}}?\nAnswer:", doc_to_target='label',
                    doc_to_choice=['no', 'yes'], metric_list=[dict(metric='acc')]),
         truthfulqa=dict(doc_to_text="{{primer}}\n\nQ: {{question}}\nA:", doc_to_target=0,
-                        doc_to_choice="{{mc1_targets.choices}}", metric_list=[dict(metric='acc')]))
+                        doc_to_choice="{{mc1_targets.choices}}", metric_list=[dict(metric='acc')]),
+        # fields `query`/`choices`/`gold` are added by `_prepare_docs` with the harness's own HellaSwag preprocessing
+        hellaswag=dict(doc_to_text="{{query}}", doc_to_target="{{gold}}", doc_to_choice="choices", metric_list=acc2),
+        # partial evaluation: doc_to_text an int -> lm-eval puts each choice in the context and scores the shared rest
+        winogrande=dict(doc_to_text="{{answer|int - 1}}", doc_to_target=f"{{{{sentence[{cut} + 1:].strip()}}}}",
+                        doc_to_choice=f"{{{{[sentence[:{cut}] + option1, sentence[:{cut}] + option2]}}}}",
+                        metric_list=[dict(metric='acc')]),
+        # `fewshot_prompt`: subject description + the subject's first dev items, pre-rendered by `_prepare_docs`
+        mmlu=dict(doc_to_text="{{fewshot_prompt}}{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nC. {{choices[2]}}\nD. {{choices[3]}}\nAnswer:",
+                  doc_to_target='answer', doc_to_choice=['A', 'B', 'C', 'D'], metric_list=[dict(metric='acc')]),
+        gsm8k=dict(output_type='generate_until', doc_to_text="Q: {{question}}\nA:",
+                   doc_to_target="{{answer.split('####')[-1].strip() if answer is defined else target}}",
+                   num_fewshot=len(GSM8K_SHOTS), fewshot_config=dict(sampler='first_n', samples=[dict(question=q, target=a) for q, a in GSM8K_SHOTS]),
+                   generation_kwargs=dict(until=list(GSM8K_UNTIL), do_sample=False, max_gen_toks=max_gen_toks),
+                   filter_list=[dict(name='strict-match', filter=[dict(function='regex', regex_pattern='The answer is (\\-?[0-9\\.\\,]+).'),
+                                                                  dict(function='take_first')]),
+                                dict(name='flexible-extract', filter=[dict(function='regex', group_select=-1, regex_pattern='(-?[$0-9.,]{2,})|(-?[0-9]+)'),
+                                                                      dict(function='take_first')])],
+                   metric_list=[dict(metric='exact_match', aggregation='mean', higher_is_better=True, ignore_case=True,
+                                     ignore_punctuation=False, regexes_to_ignore=gsm_rx)]),
+        humaneval=dict(output_type='generate_until', doc_to_text="{{prompt}}", doc_to_target="{{test}}\ncheck({{entry_point}})",
+                       generation_kwargs=dict(until=list(HUMANEVAL_UNTIL), do_sample=False, max_gen_toks=max_gen_toks),
+                       process_results=_Fn('hslm_utils.humaneval_process_results'),
+                       metric_list=[dict(metric='pass@1', aggregation='mean', higher_is_better=True)]))
     if task not in specs: raise ValueError(f"no lm-eval YAML for task {task!r}; available: {sorted(specs)}")
-    return specs[task]
+    return dict(output_type='multiple_choice', num_fewshot=0) | specs[task]
 
-LM_EVAL_TASKS = ('arc_easy', 'arc_challenge', 'piqa', 'boolq', 'truthfulqa')
+LM_EVAL_TASKS = ('arc_easy', 'arc_challenge', 'piqa', 'boolq', 'truthfulqa', 'hellaswag', 'winogrande', 'mmlu', 'gsm8k', 'humaneval')
 
-def write_lm_eval_tasks(out_dir, tasks=LM_EVAL_TASKS, limit: int | None = None, source: str = 'local', data_dir=None) -> dict:
-    "Write `hslm_<task>.yaml` + `hslm_<task>.jsonl` under `out_dir`; returns `{task: lm-eval task name}`."
-    from hybridslm.eval.harness import TRUTHFULQA_PRIMER
+_both = lambda *ks: {k: k for k in ks}
+HARNESS_KEYS = dict(                                  # per task: lm-eval's metric (as `run_lm_eval` names it) -> the harness's
+    arc_easy=_both('acc', 'acc_norm'), arc_challenge=_both('acc', 'acc_norm'), piqa=_both('acc', 'acc_norm'),
+    hellaswag=_both('acc', 'acc_norm'), boolq=_both('acc'), winogrande=_both('acc'), truthfulqa=dict(acc='mc1'),
+    mmlu=dict(acc='acc_micro'), gsm8k=_both('exact_match_strict', 'exact_match_flexible'), humaneval=_both('pass@1'))
+
+# %% ../../nbs/35_eval.lm_eval.ipynb #508e99cb
+def _prepare_docs(task: str, docs: list[dict], mmlu_shots: dict | None = None, n_shots: int = 5) -> list[dict]:
+    "Records as lm-eval reads them: extra fields where lm-eval's template needs something the harness defines once."
+    if task == 'truthfulqa': return [dict(d, primer=TRUTHFULQA_PRIMER) for d in docs]   # the primer as a field: no jinja escaping
+    if task == 'hellaswag':
+        return [dict(d, query=it.contexts[0], choices=it.choices, gold=it.gold) for d, it in ((d, MC_BUILDERS['hellaswag'](d)) for d in docs)]
+    if task == 'mmlu':
+        return [dict(d, fewshot_prompt=mmlu_fewshot_prefix(d['subject'], mmlu_shots.get(d['subject'], [])[:n_shots])) for d in docs]
+    return docs
+
+def write_lm_eval_tasks(out_dir, tasks=LM_EVAL_TASKS, limit: int | None = None, source: str = 'local', data_dir=None,
+                        max_gen_toks: int = 256, mmlu_shots: int = 5) -> dict:
+    "Write `hslm_<task>.yaml` + `hslm_<task>.jsonl` (+ `hslm_utils.py`) under `out_dir`; returns `{task: lm-eval task name}`."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    (out / 'hslm_utils.py').write_text(_HELPERS)
     names = {}
     for t in tasks:
-        spec = _task_spec(t)
+        spec = _task_spec(t, max_gen_toks)
         docs = load_task(t, source=source, data_dir=data_dir, limit=limit)
-        if t == 'truthfulqa': docs = [dict(d, primer=TRUTHFULQA_PRIMER) for d in docs]   # the primer as a field: no jinja escaping
+        shots = load_mmlu_fewshot(source=source, data_dir=data_dir) if t == 'mmlu' else None
         data = (out / f'hslm_{t}.jsonl').resolve()
-        data.write_text(''.join(json.dumps(d) + '\n' for d in docs))
+        data.write_text(''.join(json.dumps(d) + '\n' for d in _prepare_docs(t, docs, shots, mmlu_shots)))
         cfg = dict(task=f'hslm_{t}', dataset_path='json', dataset_kwargs=dict(data_files=dict(test=str(data))),
-                   output_type='multiple_choice', test_split='test', num_fewshot=0, metadata=dict(version=1.0), **spec)
-        (out / f'hslm_{t}.yaml').write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+                   test_split='test', metadata=dict(version=1.0)) | spec
+        (out / f'hslm_{t}.yaml').write_text(yaml.dump(cfg, Dumper=_Dumper, sort_keys=False, allow_unicode=True))
         names[t] = f'hslm_{t}'
     return names
 
+_FILTERS = {'none': '', 'strict-match': '_strict', 'flexible-extract': '_flexible'}   # lm-eval filter -> our metric suffix
+
+def _metric_key(k: str) -> str:
+    "`exact_match_stderr,strict-match` -> `exact_match_strict_stderr` (the harness's names); `acc,none` -> `acc`."
+    name, filt = k.split(',', 1)
+    suf = _FILTERS.get(filt, '_' + filt)
+    return name[:-len('_stderr')] + suf + '_stderr' if name.endswith('_stderr') else name + suf
+
 def run_lm_eval(lm, tasks=LM_EVAL_TASKS, limit: int | None = None, work_dir=None, source: str = 'local', data_dir=None,
-                bootstrap_iters: int = 100_000) -> dict:
+                bootstrap_iters: int = 100_000, max_gen_toks: int = 256, mmlu_shots: int = 5) -> dict:
     "Run lm-eval offline on our local task YAMLs; returns `{task: {metric: value, metric_stderr: value}}` (lm-eval's own numbers)."
     import tempfile, logging
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
     os.environ.setdefault('HF_DATASETS_OFFLINE', '1'); os.environ.setdefault('HF_HUB_OFFLINE', '1')
     work = Path(work_dir or tempfile.mkdtemp(prefix='hslm-lmeval-'))
-    names = write_lm_eval_tasks(work, tasks, limit, source, data_dir)
+    names = write_lm_eval_tasks(work, tasks, limit, source, data_dir, max_gen_toks, mmlu_shots)
     logging.getLogger('lm_eval').setLevel(logging.WARNING)
     res = simple_evaluate(model=lm, tasks=list(names.values()), task_manager=TaskManager(include_path=str(work), include_defaults=False),
                           log_samples=False, bootstrap_iters=bootstrap_iters, verbosity='WARNING')
     # lm-eval reports `acc,none` and `acc_stderr,none`; its standard errors need bootstrap_iters > 0 (means use the closed form)
-    return {t: {k.split(',')[0]: v for k, v in res['results'][n].items() if k.endswith(',none') and v != 'N/A'}
-            for t, n in names.items()}
+    return {t: {_metric_key(k): float(v) for k, v in res['results'][n].items() if ',' in k and v != 'N/A'} for t, n in names.items()}
 
 # %% ../../nbs/35_eval.lm_eval.ipynb #baacd67f
 def main(argv=None):
@@ -121,8 +188,9 @@ def main(argv=None):
     ap.add_argument('--checkpoint', required=True); ap.add_argument('--tasks', default='arc_easy,piqa')
     ap.add_argument('--limit', type=int, default=None); ap.add_argument('--device', default='cpu')
     ap.add_argument('--batch_size', type=int, default=16); ap.add_argument('--data_dir', default=None)
+    ap.add_argument('--max_gen_toks', type=int, default=256)
     a = ap.parse_args(argv)
     lm = HybridSLMEvalLM(pretrained=a.checkpoint, device=a.device, batch_size=a.batch_size)
-    print(json.dumps(run_lm_eval(lm, a.tasks.split(','), a.limit, data_dir=a.data_dir), indent=1))
+    print(json.dumps(run_lm_eval(lm, a.tasks.split(','), a.limit, data_dir=a.data_dir, max_gen_toks=a.max_gen_toks), indent=1))
 
 if __name__ == '__main__' and '__file__' in globals(): main()

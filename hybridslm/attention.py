@@ -34,6 +34,9 @@ class KVCache:
         self.v[:, :, self.seqlen:self.seqlen + L] = v
         self.seqlen += L
         return self.k[:, :, :self.seqlen], self.v[:, :, :self.seqlen]
+    def write_at(self, pos, k, v):
+        "Write one position, `pos (1,)` a device tensor, with `index_copy_`: fixed shapes, no Python integer (CUDA-graph safe); `seqlen` is left alone."
+        self.k.index_copy_(2, pos, k.to(self.k.dtype)); self.v.index_copy_(2, pos, v.to(self.v.dtype))
     def reorder(self, idx):
         "Select/reorder batch rows (beam search, continuous batching)."
         self.k, self.v = self.k[idx], self.v[idx]
@@ -88,21 +91,39 @@ class GQAttention(nn.Module):
         w = next(t for t in (*self.parameters(), *self.buffers()) if t.is_floating_point())
         return KVCache(batch, self.n_kv, max_len, self.hd, dtype or w.dtype, device or w.device, static)
 
+    def qkv(self, x, position_ids):
+        "Projections and RoPE: x `(B, L, d)`, `position_ids (B, L)` -> q `(B, H, L, hd)`, k, v `(B, Hkv, L, hd)` (k rotated, as cached)."
+        B, L, _ = x.shape
+        q = self.q_proj(x).view(B, L, self.n_heads, self.hd).transpose(1, 2)
+        k = self.k_proj(x).view(B, L, self.n_kv, self.hd).transpose(1, 2)
+        v = self.v_proj(x).view(B, L, self.n_kv, self.hd).transpose(1, 2)
+        cos, sin = self.rotary(position_ids)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def attend(self, q, k, v, mask=None, causal: bool = True, flash: bool = False, traceable: bool = False):
+        """Attention of q `(B, H, L, hd)` over k/v `(B, Hkv, T, hd)`, then `o_proj` -> `(B, L, d)`. `mask`: boolean
+        `(B|1, 1, L, T)` (True = attend); without one, causal (bottom-right aligned) when `causal`. `flash`: flash-attn
+        may be used (installed, unmasked, CUDA, half precision). `traceable`: plain SDPA over repeated KV heads with
+        `is_causal=causal` as given, no backend choice and no test on shapes: the form that exports with symbolic lengths."""
+        B, _, L, _ = q.shape
+        if traceable:
+            r = self.n_heads // self.n_kv
+            y = F.scaled_dot_product_attention(q, k.repeat_interleave(r, 1), v.repeat_interleave(r, 1), attn_mask=mask,
+                                               is_causal=causal and mask is None).transpose(1, 2)
+        elif flash and causal and mask is None and _flash_attn_func is not None and q.is_cuda:
+            y = _flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+        else:
+            y = sdpa_gqa(q, k, v, mask, causal).transpose(1, 2)
+        return self.o_proj(y.reshape(B, L, self.n_heads * self.hd))
+
     def forward(self, x, position_ids=None, cache: KVCache | None = None, key_mask=None):
         "x `(B, L, d)`; `position_ids` `(B, L)`; `key_mask` `(B, past+L)` with 0 at padding."
         B, L, _ = x.shape
         past = cache.seqlen if cache is not None else 0
         if position_ids is None:
             position_ids = torch.arange(past, past + L, device=x.device)[None].expand(B, L)
-        q = self.q_proj(x).view(B, L, self.n_heads, self.hd).transpose(1, 2)
-        k = self.k_proj(x).view(B, L, self.n_kv, self.hd).transpose(1, 2)
-        v = self.v_proj(x).view(B, L, self.n_kv, self.hd).transpose(1, 2)
-        cos, sin = self.rotary(position_ids)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self.qkv(x, position_ids)
         if cache is not None: k, v = cache.update(k, v)
         mask = build_attn_mask(L, past, key_mask, device=x.device)
-        if (mask is None and _flash_attn_func is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)):
-            y = _flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
-        else:
-            y = sdpa_gqa(q, k, v, mask).transpose(1, 2)
-        return self.o_proj(y.reshape(B, L, self.n_heads * self.hd))
+        return self.attend(q, k, v, mask, flash=x.dtype in (torch.float16, torch.bfloat16))
+

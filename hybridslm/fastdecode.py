@@ -5,9 +5,8 @@
 # %% ../nbs/07_fastdecode.ipynb #f715522a
 from __future__ import annotations
 import types
-import torch, torch.nn.functional as F
-from .attention import KVCache, sdpa_gqa
-from .layers import apply_rope
+import torch
+from .attention import KVCache
 from .model import HybridCache
 
 # %% auto #0
@@ -61,28 +60,16 @@ class StaticDecoder:
 
     def _step(self):
         "One greedy step from `self.tok` at `self.pos`; updates caches, `tok` and `pos` in place (static shapes)."
-        m = self.model.model
-        h = m.embed_tokens(self.tok)
-        if m.config.residual_in_fp32: h = h.float()
         pos_ids = self.pos.view(1, 1).expand(self.B, 1)
         mask = (self.key_pos <= self.pos).view(1, 1, 1, -1)
-        for blk, cache in zip(m.layers, self.cache.layers):
-            x = blk.mixer_norm(h).to(blk.mixer_norm.weight.dtype)
-            if blk.kind == 'M':
-                y = blk.mixer.step(x, cache, use_kernel=not self.compiled, advance=False)   # compiled: the recurrence fuses
-            else:
-                a = blk.mixer
-                q = a.q_proj(x).view(self.B, 1, a.n_heads, a.hd).transpose(1, 2)
-                k = a.k_proj(x).view(self.B, 1, a.n_kv, a.hd).transpose(1, 2)
-                v = a.v_proj(x).view(self.B, 1, a.n_kv, a.hd).transpose(1, 2)
-                cos, sin = a.rotary(pos_ids)
-                q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-                cache.k.index_copy_(2, self.pos, k.to(cache.k.dtype)); cache.v.index_copy_(2, self.pos, v.to(cache.v.dtype))
-                o = sdpa_gqa(q, cache.k, cache.v, mask=mask)
-                y = a.o_proj(o.transpose(1, 2).reshape(self.B, 1, -1))
-            h = h + y.to(h.dtype)
-            h = h + blk.mlp(blk.mlp_norm(h).to(blk.mlp_norm.weight.dtype)).to(h.dtype)
-        logits = self.model.lm_head(m.norm(h).to(m.norm.weight.dtype))
+        def mix(i, blk, x):                                   # the mixers' own step functions, on the static buffers
+            cache = self.cache.layers[i]
+            if blk.kind == 'M':                               # compiled: the torch recurrence, which inductor fuses
+                return blk.mixer.step_cache(x, cache, use_kernel=not self.compiled, advance=False), None
+            q, k, v = blk.mixer.qkv(x, pos_ids)
+            cache.write_at(self.pos, k, v)
+            return blk.mixer.attend(q, cache.k, cache.v, mask=mask), None
+        logits, _ = self.model.run_stack(self.tok, mix)
         self.logits.copy_(logits[:, -1])
         self.tok.copy_(logits[:, -1].argmax(-1, keepdim=True))
         self.pos.add_(1)

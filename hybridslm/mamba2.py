@@ -9,7 +9,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from .layers import RMSNormGated
 
 # %% auto #0
-__all__ = ['ssd_chunked', 'MambaCache', 'load_mamba_kernels', 'Mamba2Mixer']
+__all__ = ['ssd_chunked', 'ssd_padded', 'MambaCache', 'load_mamba_kernels', 'Mamba2Mixer']
 
 # %% ../nbs/03_mamba2.ipynb #ff0ed9de
 def _segsum_exp(a):
@@ -56,6 +56,16 @@ def ssd_chunked(x, dt, A, B, C, chunk_size: int = 256, D=None, initial_state=Non
     y = y.reshape(b, c * Q, h, p)[:, :l]
     if D is not None: y = y + x[:, :l] * D.float()[:, None]
     return y, final
+
+def ssd_padded(x, dt, A, B, C, chunk_size: int, D=None, initial_state=None):
+    "`ssd_chunked` with unconditional zero-padding to a chunk multiple (no branch on the length): exports with a symbolic length."
+    l = x.shape[1]
+    pad = (chunk_size - l % chunk_size) % chunk_size
+    x, dt = F.pad(x, (0, 0, 0, 0, 0, pad)), F.pad(dt, (0, 0, 0, pad))   # dt = 0 on padding: state unchanged
+    B, C = F.pad(B, (0, 0, 0, 0, 0, pad)), F.pad(C, (0, 0, 0, 0, 0, pad))
+    y, hT = ssd_chunked(x, dt, A, B, C, chunk_size, None, initial_state)
+    y = y[:, :l]
+    return (y if D is None else y + x[:, :l].float() * D.float()[:, None]), hT
 
 # %% ../nbs/03_mamba2.ipynb #faa895b5
 class MambaCache:
@@ -162,52 +172,55 @@ class Mamba2Mixer(nn.Module):
         lo, hi = self.dt_limit
         return dt if (lo, hi) == (0.0, float('inf')) else dt.clamp(lo, hi)
 
-    def forward(self, u, cache: MambaCache | None = None, mask=None):
-        "u `(b, l, d_model)` -> `(b, l, d_model)`; updates `cache` in place when given."
-        b, l, _ = u.shape
-        if cache is not None and cache.seqlen > 0 and l == 1 and mask is None: return self.step(u, cache)
-        z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, self.nheads], -1)
-        if mask is not None:
-            keep = mask.bool()[..., None]
-            xBC = torch.where(keep, xBC, torch.zeros((), dtype=xBC.dtype, device=xBC.device))
-        # causal depthwise conv over [cached history | new inputs]
-        xt = xBC.transpose(1, 2)                                           # (b, conv_dim, l)
-        hist = (cache.conv_state[..., 1:].to(xt.dtype) if cache is not None and cache.seqlen > 0
-                else xt.new_zeros(b, self.conv_dim, self.d_conv - 1))
-        xfull = torch.cat([hist, xt], -1)
+    def _conv(self, xfull):
+        "SiLU of the causal depthwise conv of `xfull (b, conv_dim, d_conv - 1 + l)` (history, then new inputs) -> `(b, l, conv_dim)`."
         if torch.compiler.is_compiling() and _CONV_AS_SHIFTS:   # the same conv as d_conv shifted multiply-adds, which inductor fuses with the SiLU
             w, L = self.conv1d.weight[:, 0].float(), xfull.shape[-1] - self.d_conv + 1
             acc = sum(xfull[..., k:k + L].float() * w[:, k:k + 1] for k in range(self.d_conv))
             if self.conv1d.bias is not None: acc = acc + self.conv1d.bias.float()[:, None]
-            xBC = F.silu(acc).to(xfull.dtype).transpose(1, 2)
-        else:
-            xBC = F.silu(F.conv1d(xfull, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)).transpose(1, 2)
-        x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
+            return F.silu(acc).to(xfull.dtype).transpose(1, 2)
+        return F.silu(F.conv1d(xfull, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)).transpose(1, 2)
+
+    def prefill(self, u, state=None, mask=None, pad_to_chunk: bool = False):
+        """Functional chunked forward: u `(b, l, d_model)` continuing from `state = (conv_state, ssm_state)` (None: empty)
+        -> `(y, (conv_state, ssm_state))`; mutates nothing. `mask (b, l)`: 0 at left padding. `pad_to_chunk`: always pad
+        to a chunk multiple (`ssd_padded`, no kernels), so that an exported graph keeps the length symbolic."""
+        b, l, _ = u.shape
+        z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, self.nheads], -1)
+        if mask is not None:
+            keep = mask.bool()[..., None]
+            xBC = torch.where(keep, xBC, torch.zeros((), dtype=xBC.dtype, device=xBC.device))
+        # causal depthwise conv over [conv history | new inputs]; no history: the conv's d_conv-1 implicit zeros
+        xt = xBC.transpose(1, 2)                                           # (b, conv_dim, l)
+        xfull = (F.pad(xt, (self.d_conv - 1, 0)) if state is None else torch.cat([state[0][..., 1:].to(xt.dtype), xt], -1))
+        x, B, C = torch.split(self._conv(xfull), [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
         A = -torch.exp(self.A_log.float())
-        h0 = cache.ssm_state.float() if cache is not None and cache.seqlen > 0 else None
+        h0 = state[1].float() if state is not None else None
         x4, B4, C4 = (x.reshape(b, l, self.nheads, self.headdim), B.reshape(b, l, self.ngroups, self.d_state),
                       C.reshape(b, l, self.ngroups, self.d_state))
         dtp = self._dt(dt)
         if mask is not None: dtp = torch.where(mask.bool()[..., None], dtp, torch.zeros((), device=dtp.device))
-        kern = self._kernels(u)
+        kern = None if pad_to_chunk else self._kernels(u)
         if kern is not None:
             y, hT = _run_kernel(kern[0], x4, dtp.to(x4.dtype) if x4.dtype != torch.float32 else dtp, A, B4, C4, self.chunk_size,
                             D=self.D.float(), initial_states=h0, dt_softplus=False, return_final_states=True)
         else:
-            y, hT = ssd_chunked(x4, dtp, A, B4, C4, self.chunk_size, self.D, h0)
-        if cache is not None:
-            cache.conv_state.copy_(xfull[..., -self.d_conv:])
-            cache.ssm_state.copy_(hT)
-            cache.seqlen += l
+            y, hT = (ssd_padded if pad_to_chunk else ssd_chunked)(x4, dtp, A, B4, C4, self.chunk_size, self.D, h0)
         y = self.norm(y.reshape(b, l, self.d_inner).to(u.dtype), z)
-        return self.out_proj(y)
+        return self.out_proj(y), (xfull[..., -self.d_conv:], hT)
 
-    def step(self, u, cache: MambaCache, use_kernel: bool = True, advance: bool = True):
-        "One decoding step: u `(b, 1, d_model)`; O(1) in the context length. `use_kernel=False`: the torch recurrence even on CUDA (what `torch.compile` fuses); `advance=False`: leave `cache.seqlen` alone (a compiled step would otherwise be specialised on it)."
+    def step(self, u, state, use_kernel: bool = True):
+        """Functional decoding step: u `(b, 1, d_model)` and `state = (conv_state, ssm_state)` -> `(y, new state)`, the new
+        state in the given dtypes; O(1) in the context length, mutates nothing. `use_kernel=False`: the torch recurrence even
+        on CUDA (what `torch.compile` fuses)."""
+        return self._step(u, state, use_kernel, inplace=False)
+
+    def _step(self, u, state, use_kernel: bool, inplace: bool):
+        "`step`; `inplace=True` lets the Triton kernel update the given SSM state rather than a copy of it."
         b = u.shape[0]
+        conv_state, ssm_state = state
         z, xBC, dt = torch.split(self.in_proj(u[:, 0]), [self.d_inner, self.conv_dim, self.nheads], -1)
-        cs = cache.conv_state
-        cs.copy_(torch.roll(cs, -1, -1)); cs[..., -1] = xBC.to(cs.dtype)
+        cs = torch.cat([conv_state[..., 1:], xBC.to(conv_state.dtype)[..., None]], -1)     # the conv window, one step on
         xBC = (cs.to(self.conv1d.weight.dtype) * self.conv1d.weight[:, 0]).sum(-1)
         if self.conv1d.bias is not None: xBC = xBC + self.conv1d.bias
         xBC = F.silu(xBC)
@@ -218,19 +231,37 @@ class Mamba2Mixer(nn.Module):
         kern = self._kernels(u) if use_kernel else None
         if kern is not None and self.dt_limit == (0.0, float('inf')):
             P, N = self.headdim, self.d_state
-            y = _run_kernel(kern[1], cache.ssm_state, x, dt[:, :, None].expand(-1, -1, P), A[:, None, None].expand(-1, P, N),
+            st = ssm_state if inplace else ssm_state.clone()                    # the kernel updates the state it is given
+            y = _run_kernel(kern[1], st, x, dt[:, :, None].expand(-1, -1, P), A[:, None, None].expand(-1, P, N),
                         B, C, self.D[:, None].expand(-1, P), z=None, dt_bias=self.dt_bias[:, None].expand(-1, P),
                         dt_softplus=True)
         else:
             r = self.nheads // self.ngroups
             dtp = self._dt(dt)                                                 # (b, h)
             Bh, Ch = B.float().repeat_interleave(r, 1), C.float().repeat_interleave(r, 1)
-            st = cache.ssm_state.float()                                         # fp32 arithmetic, stored as allocated
+            st = ssm_state.float()                                             # fp32 arithmetic, stored as allocated
             st = st * torch.exp(dtp * A)[..., None, None] + (dtp[..., None] * x.float())[..., None] * Bh[:, :, None]
-            cache.ssm_state.copy_(st)
             # an explicit product-and-sum rather than einsum (a bmm): inductor fuses it with the state update above
             # into one pass over the state (batch 32 on an H100: 82 + 35 µs per layer in two kernels before)
             y = (st * Ch[:, :, None, :]).sum(-1) + self.D.float()[:, None] * x.float()
-        if advance: cache.seqlen += 1
+            st = st.to(ssm_state.dtype)
         y = self.norm(y.reshape(b, 1, self.d_inner).to(u.dtype), z[:, None])
-        return self.out_proj(y)
+        return self.out_proj(y), (cs, st)
+
+    def step_cache(self, u, cache: MambaCache, use_kernel: bool = True, advance: bool = True):
+        "`step` with the states of `cache`, written back in place; returns y. `advance=False`: leave `cache.seqlen` alone (a compiled step would otherwise be specialised on it)."
+        y, (cs, st) = self._step(u, (cache.conv_state, cache.ssm_state), use_kernel, inplace=True)
+        cache.conv_state.copy_(cs)
+        if st is not cache.ssm_state: cache.ssm_state.copy_(st)
+        if advance: cache.seqlen += 1
+        return y
+
+    def forward(self, u, cache: MambaCache | None = None, mask=None):
+        "u `(b, l, d_model)` -> `(b, l, d_model)`: `prefill`, or `step_cache` for one token after a cached prefix; updates `cache` in place when given."
+        l = u.shape[1]
+        if cache is not None and cache.seqlen > 0 and l == 1 and mask is None: return self.step_cache(u, cache)
+        y, (cs, st) = self.prefill(u, (cache.conv_state, cache.ssm_state) if cache is not None and cache.seqlen > 0 else None, mask)
+        if cache is not None:
+            cache.conv_state.copy_(cs); cache.ssm_state.copy_(st); cache.seqlen += l
+        return y
+

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_model.ipynb #ae061084
 from __future__ import annotations
-import math
+import functools, math
 import torch, torch.nn as nn, torch.nn.functional as F
 from transformers import PreTrainedModel, GenerationMixin, AutoConfig, AutoModelForCausalLM, Cache
 from transformers import initialization as init
@@ -92,12 +92,15 @@ class HybridBlock(GradientCheckpointingLayer):
         self.mlp = SwiGLU(c.d_model, c.d_ff, bias=c.mlp_bias)
         self.mlp.down_proj._is_residual_out = True
 
-    def forward(self, h, position_ids=None, cache=None, key_mask=None, chunk_mask=None):
-        x = self.mixer_norm(h).to(self.mixer_norm.weight.dtype)
-        if self.kind == 'M': y = self.mixer(x, cache=cache, mask=chunk_mask)
-        else: y = self.mixer(x, position_ids=position_ids, cache=cache, key_mask=key_mask)
+    def step(self, h, mix):
+        "The block around any form of its mixer: `mix(x) -> (y, state)` on the normed stream; returns `(h, state)`."
+        y, state = mix(self.mixer_norm(h).to(self.mixer_norm.weight.dtype))
         h = h + y.to(h.dtype)
-        return h + self.mlp(self.mlp_norm(h).to(self.mlp_norm.weight.dtype)).to(h.dtype)
+        return h + self.mlp(self.mlp_norm(h).to(self.mlp_norm.weight.dtype)).to(h.dtype), state
+
+    def forward(self, h, position_ids=None, cache=None, key_mask=None, chunk_mask=None):
+        if self.kind == 'M': return self.step(h, lambda x: (self.mixer(x, cache=cache, mask=chunk_mask), None))[0]
+        return self.step(h, lambda x: (self.mixer(x, position_ids=position_ids, cache=cache, key_mask=key_mask), None))[0]
 
 # %% ../nbs/04_model.ipynb #43cc3482
 class HybridPreTrainedModel(PreTrainedModel):
@@ -245,6 +248,19 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
             loss = self.__dict__.get('_compiled_loss', lm_loss)(logits, labels)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
                                       hidden_states=out.hidden_states)
+
+    def run_stack(self, input_ids, mix):
+        """Logits `(B, L, V)` of `input_ids` through the embedding, every block's `step` with `mix(i, block, x) -> (y, state)`
+        and the final norm and head; returns `(logits, [state of each layer])`. The whole stack for decoders that bring their
+        own state handling (`StaticDecoder`, the ONNX graphs)."""
+        m = self.model
+        h = m.embed_tokens(input_ids)
+        if self.config.residual_in_fp32: h = h.float()
+        states = []
+        for i, blk in enumerate(m.layers):
+            h, s = blk.step(h, functools.partial(mix, i, blk))
+            states.append(s)
+        return self.lm_head(m.norm(h).to(m.norm.weight.dtype)), states
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, generation_mode, batch_size: int,
                                       max_cache_length: int):

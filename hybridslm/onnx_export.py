@@ -7,70 +7,15 @@ from __future__ import annotations
 import json, time, warnings
 from pathlib import Path
 import numpy as np
-import torch, torch.nn as nn, torch.nn.functional as F
+import torch, torch.nn as nn
 from .config import HybridConfig
 from .model import HybridForCausalLM
-from .mamba2 import ssd_chunked
-from .layers import apply_rope
 
 # %% auto #0
-__all__ = ['SUPPORTED_OPSETS', 'ssd_padded', 'mamba_prefill', 'mamba_decode', 'attn_qkv', 'attn_out', 'state_names',
-           'PrefillGraph', 'DecodeGraph', 'export_onnx', 'OnnxHybridLM', 'compare_with_torch', 'bench_generate']
-
-# %% ../nbs/42_onnx.ipynb #3dc939ac
-def ssd_padded(x, dt, A, B, C, chunk_size: int, D):
-    "`ssd_chunked` with unconditional zero-padding to a chunk multiple: export-friendly for a symbolic length."
-    b, l, h, p = x.shape
-    pad = (chunk_size - l % chunk_size) % chunk_size
-    x, dt = F.pad(x, (0, 0, 0, 0, 0, pad)), F.pad(dt, (0, 0, 0, pad))   # dt = 0 on padding: state unchanged
-    B, C = F.pad(B, (0, 0, 0, 0, 0, pad)), F.pad(C, (0, 0, 0, 0, 0, pad))
-    y, hT = ssd_chunked(x, dt, A, B, C, chunk_size, None, None)
-    return y[:, :l] + x[:, :l].float() * D.float()[:, None], hT
-
-def mamba_prefill(m, u):
-    "Functional `Mamba2Mixer` forward from an empty state: u `(b,l,d)` -> (out, conv_state, ssm_state)."
-    b, l, _ = u.shape
-    z, xBC, dt = torch.split(m.in_proj(u), [m.d_inner, m.conv_dim, m.nheads], -1)
-    xfull = F.pad(xBC.transpose(1, 2), (m.d_conv - 1, 0))                 # causal conv: d_conv-1 zeros of history
-    conv_state = xfull[..., -m.d_conv:]
-    xBC = F.silu(F.conv1d(xfull, m.conv1d.weight, m.conv1d.bias, groups=m.conv_dim)).transpose(1, 2)
-    x, B, C = torch.split(xBC, [m.d_inner, m.ngroups * m.d_state, m.ngroups * m.d_state], -1)
-    y, hT = ssd_padded(x.reshape(b, l, m.nheads, m.headdim), m._dt(dt), -torch.exp(m.A_log.float()),
-                       B.reshape(b, l, m.ngroups, m.d_state), C.reshape(b, l, m.ngroups, m.d_state), m.chunk_size, m.D)
-    return m.out_proj(m.norm(y.reshape(b, l, m.d_inner).to(u.dtype), z)), conv_state, hT
-
-def mamba_decode(m, u, conv_state, ssm_state):
-    "Functional `Mamba2Mixer.step`: u `(b,1,d)` + states -> (out, new conv_state, new ssm_state)."
-    b = u.shape[0]
-    z, xBC, dt = torch.split(m.in_proj(u[:, 0]), [m.d_inner, m.conv_dim, m.nheads], -1)
-    cs = torch.cat([conv_state[..., 1:], xBC.to(conv_state.dtype)[..., None]], -1)
-    xBC = (cs.to(m.conv1d.weight.dtype) * m.conv1d.weight[:, 0]).sum(-1)
-    if m.conv1d.bias is not None: xBC = xBC + m.conv1d.bias
-    x, B, C = torch.split(F.silu(xBC), [m.d_inner, m.ngroups * m.d_state, m.ngroups * m.d_state], -1)
-    x = x.reshape(b, m.nheads, m.headdim).float()
-    r = m.nheads // m.ngroups
-    Bh = B.reshape(b, m.ngroups, m.d_state).float().repeat_interleave(r, 1)
-    Ch = C.reshape(b, m.ngroups, m.d_state).float().repeat_interleave(r, 1)
-    dtp = m._dt(dt)                                                        # (b, h)
-    st = ssm_state * torch.exp(dtp * -torch.exp(m.A_log.float()))[..., None, None] + (dtp[..., None] * x)[..., None] * Bh[:, :, None]
-    y = torch.einsum('bhpn,bhn->bhp', st, Ch) + m.D.float()[:, None] * x
-    return m.out_proj(m.norm(y.reshape(b, 1, m.d_inner).to(u.dtype), z[:, None])), cs, st
+__all__ = ['SUPPORTED_OPSETS', 'state_names', 'PrefillGraph', 'DecodeGraph', 'export_onnx', 'OnnxHybridLM', 'compare_with_torch',
+           'bench_generate']
 
 # %% ../nbs/42_onnx.ipynb #9c9fd6fd
-def attn_qkv(a, x, pos):
-    B, L, _ = x.shape
-    q = a.q_proj(x).view(B, L, a.n_heads, a.hd).transpose(1, 2)
-    k = a.k_proj(x).view(B, L, a.n_kv, a.hd).transpose(1, 2)
-    v = a.v_proj(x).view(B, L, a.n_kv, a.hd).transpose(1, 2)
-    cos, sin = a.rotary(pos)
-    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
-
-def attn_out(a, q, k, v, causal: bool):
-    B, _, L, _ = q.shape
-    r = a.n_heads // a.n_kv
-    y = F.scaled_dot_product_attention(q, k.repeat_interleave(r, 1), v.repeat_interleave(r, 1), is_causal=causal)
-    return a.o_proj(y.transpose(1, 2).reshape(B, L, a.n_heads * a.hd))
-
 def state_names(config: HybridConfig) -> list[str]:
     "Names of the per-layer state tensors, in graph order: `l{i}.conv, l{i}.ssm` (Mamba) or `l{i}.k, l{i}.v` (attention)."
     return [f'l{i}.{s}' for i, t in enumerate(config.layer_pattern) for s in (('conv', 'ssm') if t == 'M' else ('k', 'v'))]
@@ -80,22 +25,16 @@ class _Graph(nn.Module):
         super().__init__()
         self.lm = model
     def _run(self, input_ids, pos, states=None):
-        mm, out = self.lm.model, []
-        h = mm.embed_tokens(input_ids)
-        if self.lm.config.residual_in_fp32: h = h.float()
-        for i, blk in enumerate(mm.layers):
-            x = blk.mixer_norm(h).to(blk.mixer_norm.weight.dtype)
+        "The model's block loop with the layers' functional forms: a prefill from empty states, or one step from `states`."
+        def mix(i, blk, x):
             a = blk.mixer
             if blk.kind == 'M':
-                y, s1, s2 = mamba_prefill(a, x) if states is None else mamba_decode(a, x, states[2 * i], states[2 * i + 1])
-            else:
-                q, k, v = attn_qkv(a, x, pos)
-                if states is not None: k, v = torch.cat([states[2 * i], k], 2), torch.cat([states[2 * i + 1], v], 2)
-                y, s1, s2 = attn_out(a, q, k, v, causal=states is None), k, v
-            out += [s1, s2]
-            h = h + y.to(h.dtype)
-            h = h + blk.mlp(blk.mlp_norm(h).to(blk.mlp_norm.weight.dtype)).to(h.dtype)
-        return (self.lm.lm_head(mm.norm(h).to(mm.norm.weight.dtype)), *out)
+                return a.prefill(x, pad_to_chunk=True) if states is None else a.step(x, states[2 * i:2 * i + 2])
+            q, k, v = a.qkv(x, pos)
+            if states is not None: k, v = torch.cat([states[2 * i], k], 2), torch.cat([states[2 * i + 1], v], 2)
+            return a.attend(q, k, v, causal=states is None, traceable=True), (k, v)
+        logits, st = self.lm.run_stack(input_ids, mix)
+        return (logits, *(t for s in st for t in s))
 
 class PrefillGraph(_Graph):
     "input_ids `(B, L)` -> logits `(B, L, V)` and the states after the prompt."

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from .data import load_wikitext2
 
 # %% auto #0
-__all__ = ['windows', 'shifted_targets', 'next_token_nll', 'token_nlls', 'perplexity', 'wikitext2_perplexity']
+__all__ = ['windows', 'shifted_targets', 'next_token_nll', 'token_nlls', 'token_logprobs', 'perplexity', 'wikitext2_perplexity']
 
 # %% ../../nbs/33_eval.perplexity.ipynb #4fe772e5
 def windows(n: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
@@ -73,6 +73,30 @@ def token_nlls(model, ids, max_length: int, stride: int | None = None, bos_id: i
         out += [nll[r][mask[r]] for r in range(len(chunk))]
     return torch.cat(out).cpu()
 
+
+# %% ../../nbs/33_eval.perplexity.ipynb #a3c5e0d2
+@torch.no_grad()
+def token_logprobs(model, ids, top: int = 0, chunk: int = 256):
+    """`(lp, top_ids, top_lps)` for the sequence `ids` (a list or 1-D tensor): `lp[t]` = log p(ids[t] | ids[:t]) as
+    float32 (`lp[0]` is NaN: nothing predicts the first token); `top_ids[t]`, `top_lps[t]` the `top` most likely tokens
+    at position t and their log-probabilities, most likely first (row 0 NaN / -1)."""
+    if top < 0: raise ValueError(f"top must be >= 0, got {top}")
+    dev = next(model.parameters()).device
+    x = torch.as_tensor(list(map(int, ids)) if not torch.is_tensor(ids) else ids, dtype=torch.long, device=dev).view(1, -1)
+    T = x.shape[1]
+    if T == 0: raise ValueError("token_logprobs needs at least one token")
+    h, head = _forward_hidden(model, x)
+    lp = torch.full((T,), float('nan')); k = min(top, model.config.vocab_size)
+    top_ids, top_lps = torch.full((T, k), -1, dtype=torch.long), torch.full((T, k), float('nan'))
+    for a in range(0, T - 1, chunk):                          # position a predicts token a + 1
+        b = min(a + chunk, T - 1)
+        logits = (head(h[0, a:b]) if head is not None else h[0, a:b]).float()
+        ls = torch.log_softmax(logits, -1)
+        lp[a + 1:b + 1] = ls.gather(1, x[0, a + 1:b + 1, None]).squeeze(1).cpu()
+        if k:
+            v, i = ls.topk(k, -1)
+            top_lps[a + 1:b + 1], top_ids[a + 1:b + 1] = v.cpu(), i.cpu()
+    return lp, top_ids, top_lps
 
 # %% ../../nbs/33_eval.perplexity.ipynb #d7bc86eb
 def perplexity(model, tokenizer, text: str, max_length: int | None = None, stride: int | None = None,

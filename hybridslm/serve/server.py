@@ -20,9 +20,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from .engine import Engine, PrefixCache, Request, SamplingParams
 
 # %% auto #0
-__all__ = ['MAX_DEPTH', 'APIError', 'StreamOptions', 'CompletionRequest', 'ChatMessage', 'ChatRequest', 'check_json', 'read_json',
-           'parse_json', 'validate', 'encode_text', 'chat_prompt', 'EngineCollector', 'Metrics', 'create_app',
-           'load_engine', 'app_from_env', 'TimedH11Protocol', 'uvicorn_config']
+__all__ = ['MAX_DEPTH', 'MAX_LOGPROBS', 'APIError', 'StreamOptions', 'CompletionRequest', 'ChatMessage', 'ChatRequest',
+           'check_json', 'read_json', 'parse_json', 'validate', 'encode_text', 'chat_prompt', 'EngineCollector',
+           'Metrics', 'completion_logprobs', 'create_app', 'load_engine', 'app_from_env', 'TimedH11Protocol',
+           'uvicorn_config']
 
 # %% ../../nbs/51_serve.server.ipynb #ebd02413
 class APIError(Exception):
@@ -86,7 +87,7 @@ def _unsupported(r: _Common):
     checks = [('presence_penalty', r.presence_penalty not in (None, 0)), ('frequency_penalty', r.frequency_penalty not in (None, 0)),
               ('logit_bias', bool(r.logit_bias))]
     if isinstance(r, CompletionRequest):
-        checks += [('echo', r.echo), ('logprobs', r.logprobs is not None), ('suffix', bool(r.suffix)),
+        checks += [('suffix', bool(r.suffix)),
                    ('best_of', r.best_of not in (None, 1, r.n))]
     else:
         checks += [('logprobs', bool(r.logprobs)), ('top_logprobs', r.top_logprobs is not None), ('tools', bool(r.tools)),
@@ -302,6 +303,42 @@ def _completion_prompts(tok, prompt, max_prompts: int = 64) -> list[list[int]]:
         out.append(ids or [tok.eos_token_id])             # empty prompt: start of a document
     return out
 
+MAX_LOGPROBS = 20                 # most alternatives per position a completions request may ask for
+
+def _prompt_texts(tok, prompt, prompts: list[list[int]]) -> list[str]:
+    "The text of each prompt as the client sent it (token-id prompts decoded), for `echo`."
+    if isinstance(prompt, str): return [prompt]
+    if prompt and all(isinstance(p, int) for p in prompt): return [tok.decode(prompts[0])]
+    return [p if isinstance(p, str) else tok.decode(ids) for p, ids in zip(prompt, prompts)]
+
+def completion_logprobs(model, tok, prompt_ids: list[int], out_ids: list[int], prompt_text: str, text: str,
+                        echo: bool, logprobs: int | None) -> tuple[str, dict | None]:
+    """One /v1/completions choice's `text` and `logprobs` in OpenAI's (legacy completions) shape: `tokens`,
+    `token_logprobs`, `top_logprobs` (the `logprobs` most likely tokens at each position; with 0, the chosen token
+    alone) and `text_offset`. With `echo` the prompt comes first (its first token has no log-probability: null).
+    The numbers are the model's own next-token distribution (before temperature or top-p), scored in one forward
+    pass over prompt and completion (`eval.perplexity.token_logprobs`); the tokens are the generated ones, up to the
+    one that ended the completion."""
+    from hybridslm.eval.perplexity import token_logprobs
+    full = prompt_text + text if echo else text
+    if logprobs is None: return full, None
+    ids = list(prompt_ids) + list(out_ids)
+    lp, top_ids, top_lps = token_logprobs(model, ids, top=max(1, logprobs))
+    piece = lambda i: tok.decode([int(i)])
+    start = 0 if echo else len(prompt_ids)
+    out = dict(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
+    off = 0 if echo else len(prompt_text)
+    for t in range(start, len(ids)):
+        s = piece(ids[t])
+        out['tokens'].append(s); out['text_offset'].append(off); off += len(s)
+        if t == 0: out['token_logprobs'].append(None); out['top_logprobs'].append(None); continue
+        out['token_logprobs'].append(float(lp[t]))
+        alts = {}
+        for j, v in (zip(top_ids[t, :logprobs].tolist(), top_lps[t, :logprobs].tolist()) if logprobs else [(ids[t], float(lp[t]))]):
+            k = piece(j); alts[k] = max(v, alts.get(k, float('-inf')))   # two ids may decode alike: keep the likelier
+        out['top_logprobs'].append(alts)
+    return full, out
+
 def _sampling(r: _Common, prompt_lens: list[int], max_context: int, default_max: int | None,
               max_tokens: int | None, stop_token_ids=(), field: str = 'max_tokens') -> SamplingParams:
     longest = max(prompt_lens)
@@ -309,7 +346,8 @@ def _sampling(r: _Common, prompt_lens: list[int], max_context: int, default_max:
         raise APIError(400, f"prompt is {longest} tokens, this model's maximum context length is {max_context} tokens",
                        param='prompt' if isinstance(r, CompletionRequest) else 'messages', code='context_length_exceeded')
     if max_tokens is not None and max_tokens < 1:
-        raise APIError(400, f"{field} must be >= 1, got {max_tokens}", param=field)
+        raise APIError(400, f"{field} must be >= 1" + (" (or 0 with echo=true)" if isinstance(r, CompletionRequest) else "")
+                            + f", got {max_tokens}", param=field)
     if max_tokens is None: max_tokens = min(default_max or max_context, max_context - longest)
     if longest + max_tokens > max_context:
         raise APIError(400, f"this model's maximum context length is {max_context} tokens; you requested "
@@ -396,6 +434,12 @@ def create_app(engine: Engine, model_name: str = 'hybridslm', api_keys=(), max_b
             raise APIError(400, "stream_options is only allowed when stream is true", param='stream_options')
         if (f := _unsupported(r)) is not None:
             raise APIError(400, f"parameter '{f}' is not supported by this server", param=f, code='unsupported_parameter')
+        if isinstance(r, CompletionRequest):
+            if r.logprobs is not None and not 0 <= r.logprobs <= MAX_LOGPROBS:
+                raise APIError(400, f"logprobs must be in [0, {MAX_LOGPROBS}], got {r.logprobs}", param='logprobs')
+            if r.stream and (r.echo or r.logprobs is not None):
+                f = 'logprobs' if r.logprobs is not None else 'echo'
+                raise APIError(400, f"'{f}' is supported with stream=false only", param=f, code='unsupported_parameter')
 
     def launch(prompts, sp: SamplingParams, n: int, points=()):
         loop, q = asyncio.get_running_loop(), asyncio.Queue()
@@ -439,7 +483,13 @@ def create_app(engine: Engine, model_name: str = 'hybridslm', api_keys=(), max_b
     def gone(endpoint):
         m.disconnects.labels(endpoint).inc(); m.requests.labels(endpoint, '499').inc()
 
-    async def serve(request, endpoint, r: _Common, prompts, sp, points, chat: bool):
+    def with_logprobs(r, choices, parts):
+        "Completions' `echo` / `logprobs`: each choice's text and logprobs from (prompt ids, generated ids, prompt text)."
+        for c, (pids, oids, ptext) in zip(choices, parts):
+            c['text'], c['logprobs'] = completion_logprobs(engine.model, tok, pids, oids, ptext, c['text'], r.echo, r.logprobs)
+        return choices
+
+    async def serve(request, endpoint, r: _Common, prompts, sp, points, chat: bool, texts=None):
         t0, oid = time.perf_counter(), ('chatcmpl-' if chat else 'cmpl-') + uuid.uuid4().hex
         reqs, q = launch(prompts, sp, r.n, points)
         head = dict(id=oid, object='chat.completion.chunk' if chat else 'text_completion', created=int(time.time()),
@@ -465,6 +515,8 @@ def create_app(engine: Engine, model_name: str = 'hybridslm', api_keys=(), max_b
             if chat: choices = [dict(index=x.index, message=dict(role='assistant', content=x.text), logprobs=None,
                                      finish_reason=x.finish_reason) for x in reqs]
             else: choices = [dict(index=x.index, text=x.text, logprobs=None, finish_reason=x.finish_reason) for x in reqs]
+            if not chat and (r.echo or r.logprobs is not None):      # scored off the event loop
+                choices = await asyncio.to_thread(with_logprobs, r, choices, [(x.prompt_ids, x.out_ids, texts[x.index // r.n]) for x in reqs])
             return JSONResponse(dict(head, object='chat.completion' if chat else 'text_completion', choices=choices,
                                      usage=usage(prompts, reqs, r.n)))
 
@@ -509,8 +561,20 @@ def create_app(engine: Engine, model_name: str = 'hybridslm', api_keys=(), max_b
         if isinstance(r.prompt, list) and r.prompt and not isinstance(r.prompt[0], int) and len(r.prompt) * r.n > 64:
             raise APIError(400, "at most 64 prompts x n per request", param='prompt')
         prompts = await asyncio.to_thread(_completion_prompts, tok, r.prompt)      # off the event loop
+        texts = _prompt_texts(tok, r.prompt, prompts) if r.echo or r.logprobs is not None else None
+        if r.max_tokens == 0 and r.echo:                   # echo only: the prompt scored, nothing generated
+            if max(map(len, prompts)) > ctx:
+                raise APIError(400, f"prompt is {max(map(len, prompts))} tokens, this model's maximum context length is {ctx} tokens",
+                               param='prompt', code='context_length_exceeded')
+            choices = [dict(index=i * r.n + j, text='', logprobs=None, finish_reason='length') for i in range(len(prompts)) for j in range(r.n)]
+            choices = await asyncio.to_thread(with_logprobs, r, choices, [(prompts[c['index'] // r.n], [], texts[c['index'] // r.n]) for c in choices])
+            m.requests.labels('/v1/completions', '200').inc()
+            n_p = sum(len(p) for p in prompts)
+            return JSONResponse(dict(id='cmpl-' + uuid.uuid4().hex, object='text_completion', created=int(time.time()), model=model_name,
+                                     choices=choices, usage=dict(prompt_tokens=n_p, completion_tokens=0, total_tokens=n_p)))
         sp = _sampling(r, [len(p) for p in prompts], ctx, 16, r.max_tokens)
-        return await serve(request, '/v1/completions', r, prompts, sp, (), chat=False)
+
+        return await serve(request, '/v1/completions', r, prompts, sp, (), chat=False, texts=texts)
 
     @app.post('/v1/chat/completions')
     async def chat_completions(request: HTTPRequest):

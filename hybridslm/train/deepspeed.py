@@ -4,22 +4,19 @@
 
 # %% ../../nbs/23_train.deepspeed.ipynb #53039fc6
 from __future__ import annotations
-import contextlib, dataclasses, json, math, os, shutil, time, warnings
-from collections import Counter
+import contextlib, json, os, shutil, warnings
 from pathlib import Path
 import torch
-from tqdm.auto import tqdm
-from .optim import lr_at, make_optimizer, param_groups
+from .optim import make_optimizer, param_groups
 from .checkpoint import (CheckpointError, RESUME_FIELDS, latest_checkpoint, list_checkpoints, make_tmp_dir,
                                         checkpoint_files, hash_files, write_manifest, read_manifest, verify_checkpoint,
                                         read_trainer_state, resume_latest, clean_incomplete, check_writable)
-from .loop import (TrainArgs, BatchSampler, evaluate, count_bad_step, budget_steps, fetch_batch, resume_state,
-                                  StopOnSignal, TrainingInterrupted)
+from .loop import TrainArgs, Backend, StepResult, train_loop, evaluate
 from .monitor import step_metrics, memory_stats
 
 # %% auto #0
 __all__ = ['default_zero_stage', 'make_ds_config', 'init_distributed', 'ds_param_shape', 'gathered_weight_init', 'zero3_init',
-           'safe_torch_load', 'fit_deepspeed', 'ds_checkpoint_to_hf']
+           'safe_torch_load', 'DeepSpeedBackend', 'fit_deepspeed', 'ds_checkpoint_to_hf']
 
 # %% ../../nbs/23_train.deepspeed.ipynb #66affd06
 def default_zero_stage(preset: str | None) -> int:
@@ -148,9 +145,8 @@ def _on_rank0(fn, rank: int):
     if err is not None: raise err
     if msg is not None: raise (CheckpointError if msg[0] == 'CheckpointError' else ValueError)(msg[1])
 
-def _save_ds_checkpoint(engine, ck_dir: Path, state: dict, sampler, tokenizer, keep_last: int, rank: int, extra: dict,
-                        world: int = 1):
-    step = state['step']
+def _save_ds_checkpoint(engine, ck_dir: Path, st: dict, tokenizer, keep_last: int, rank: int, world: int = 1):
+    step = st['step']
     final = ck_dir / f"step-{step:06d}"
     tmp = Path(_bcast(str(make_tmp_dir(ck_dir, step)) if rank == 0 else None))
     engine.save_checkpoint(str(tmp), tag='ds', save_latest=False)
@@ -161,7 +157,6 @@ def _save_ds_checkpoint(engine, ck_dir: Path, state: dict, sampler, tokenizer, k
     if rank == 0:
         engine.module.config.save_pretrained(tmp)
         if tokenizer is not None: tokenizer.save_pretrained(tmp)
-        st = {**{k: v for k, v in state.items()}, 'sampler': sampler.state(), **extra}
         (tmp / 'trainer_state.json').write_text(json.dumps(st, indent=1, default=str))
     _barrier()
     files = _bcast(checkpoint_files(tmp) if rank == 0 else None)
@@ -255,142 +250,100 @@ def _grad_norm(engine) -> float:
     if g is None: return float('nan')
     return float(g.item() if torch.is_tensor(g) else g)
 
+class DeepSpeedBackend(Backend):
+    "`train_loop`'s backend for DeepSpeed ZeRO `zero_stage` data parallelism, one process per device (rank 0 logs and evaluates for all)."
+    distributed, log_evals, budget_overhead = True, True, 1.15
+    def __init__(self, model, zero_stage: int = 2, offload: bool = False, ds_overrides: dict | None = None):
+        self.model, self.zero_stage, self.offload, self.ds_overrides = model, zero_stage, offload, ds_overrides
+        self.flags, self.hooks = [], []
+
+    def setup(self, args):
+        self.rank, self.world, dev = init_distributed()
+        self.device = dev
+        import deepspeed
+        model = self.model.to(dev)
+        if args.grad_checkpointing: model.gradient_checkpointing_enable()
+        if args.compile:
+            if self.zero_stage == 3: raise ValueError("compile=True is not supported with ZeRO-3 (its parameter hooks and torch.compile do not mix); use zero_stage <= 2")
+            from hybridslm.model import compile_blocks
+            compile_blocks(model)
+        precision = 'bf16' if args.precision == 'bf16' or (args.precision == 'auto' and dev.type == 'cuda') else 'fp32'
+        cfg = make_ds_config(args.micro_batch, args.grad_accum, self.world, self.zero_stage, precision, self.offload, args.grad_clip,
+                             **(self.ds_overrides or {}))
+        if self.offload and cfg.get('zero_force_ds_cpu_optimizer', True):
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+            opt = DeepSpeedCPUAdam(param_groups(model, args.weight_decay, ds_param_shape), lr=args.lr, betas=(0.9, 0.95), adamw_mode=True)
+        else:
+            opt = make_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, shape_of=ds_param_shape)
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
+        self.config = getattr(self.engine.module, 'config', None)
+        self.extra = {'world_size': self.world, 'zero_stage': self.zero_stage, 'ds_config': cfg}
+
+    def begin(self):
+        self.engine.train()
+        self.hooks = _guard_grads(self.engine.module, self.flags)
+
+    def set_lr(self, lr):
+        for g in self.engine.optimizer.param_groups: g['lr'] = lr
+
+    def step(self, next_batch, grad_accum):
+        engine, dist, world, flags = self.engine, torch.distributed, self.world, self.flags
+        loss_sum, tokens, ids_prev = 0.0, 0, None
+        for k in range(grad_accum):
+            ids = next_batch()
+            engine.set_gradient_accumulation_boundary(k == grad_accum - 1)
+            loss = engine(ids, labels=ids, use_cache=False).loss
+            gl = loss.detach().float().clone(); dist.all_reduce(gl); gl /= world      # every rank sees the same verdict
+            if not torch.isfinite(gl): break
+            engine.backward(loss); ids_prev = ids
+            loss_sum += gl.item() / grad_accum
+            tokens += ids.numel() * world
+        finite = bool(torch.isfinite(gl))
+        # one all-reduce (max) per step: any rank's non-finite gradient, peak memory
+        grad_bad = bool(flags) and not bool(torch.stack(flags).all()); flags.clear()
+        mem = memory_stats(self.device)
+        self.agg = torch.tensor([float(grad_bad), 0.0, mem['mem_rss_gb'], mem.get('cuda_max_alloc_gb', 0.0)],
+                                dtype=torch.float64, device=self.device)
+        dist.all_reduce(self.agg, op=dist.ReduceOp.MAX)
+        if not finite:
+            if ids_prev is not None: _close_bad_window(engine, ids_prev)
+            flags.clear()
+            return StepResult(bad='loss', tokens=tokens)
+        if self.agg[0] > 0:                                    # the gradients were zeroed on the way in; drop the window
+            _null_step(engine); flags.clear()
+            return StepResult(bad='grad', tokens=tokens)
+        if not engine.zero_optimization():                     # stage 0: DeepSpeed clips but does not report the norm
+            gnorm = torch.linalg.vector_norm(torch.stack([p.grad.float().norm() for p in engine.module.parameters()
+                                                          if p.grad is not None])).item()
+            engine.step()
+        else:
+            engine.step(); gnorm = _grad_norm(engine)
+        return StepResult(loss_sum, gnorm, None, tokens, ids.shape[1])
+
+    def reduce_metrics(self, metrics):
+        metrics['mem_rss_gb'] = float(self.agg[2])                                   # max over ranks
+        if 'cuda_max_alloc_gb' in metrics: metrics['cuda_max_alloc_gb'] = float(self.agg[3])
+        return metrics
+
+    def evaluate(self, data, args): return evaluate(self.engine, data, args.micro_batch, args.eval_batches)
+    def save(self, ck_dir, st, tokenizer, keep_last):
+        return _save_ds_checkpoint(self.engine, ck_dir, {**st, **self.extra}, tokenizer, keep_last, self.rank, self.world)
+    def load(self, ck): return _load_ds_checkpoint(self.engine, ck, self.rank, self.world)
+    def once(self, fn): return _on_rank0(fn, self.rank)
+    def agree_signal(self, signum): return _agree_signal(signum, self.device)
+    def reduce_min(self, n):
+        t = torch.tensor([n], device=self.device); torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+        return int(t)
+    def cleanup(self):
+        for h in self.hooks: h.remove()
+        self.hooks = []
+    def finish(self, state): state['engine'] = self.engine
+
 def fit_deepspeed(model, train_data, val_data=None, args: TrainArgs | None = None, zero_stage: int = 2,
                   offload: bool = False, tokenizer=None, on_log=None, ds_overrides: dict | None = None) -> dict:
-    "Data-parallel `fit` under DeepSpeed ZeRO `zero_stage`, one process per device; returns the same state dict as `fit`."
-    args = args or TrainArgs()
-    if not isinstance(args, TrainArgs): raise TypeError(f"args must be a TrainArgs, got {type(args).__name__}")
-    if val_data is not None and len(val_data) == 0: raise ValueError("val_data has no rows: pass val_data=None for no held-out loss")
-    rank, world, dev = init_distributed()
-    import deepspeed
-    dist = torch.distributed
-    torch.manual_seed(args.seed)
-    model.to(dev)
-    if args.grad_checkpointing: model.gradient_checkpointing_enable()
-    if args.compile:
-        if zero_stage == 3: raise ValueError("compile=True is not supported with ZeRO-3 (its parameter hooks and torch.compile do not mix); use zero_stage <= 2")
-        from hybridslm.model import compile_blocks
-        compile_blocks(model)
-    precision = 'bf16' if args.precision == 'bf16' or (args.precision == 'auto' and dev.type == 'cuda') else 'fp32'
-    cfg = make_ds_config(args.micro_batch, args.grad_accum, world, zero_stage, precision, offload, args.grad_clip,
-                         **(ds_overrides or {}))
-    if offload and cfg.get('zero_force_ds_cpu_optimizer', True):
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
-        opt = DeepSpeedCPUAdam(param_groups(model, args.weight_decay, ds_param_shape), lr=args.lr, betas=(0.9, 0.95), adamw_mode=True)
-    else:
-        opt = make_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, shape_of=ds_param_shape)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
-    mcfg = getattr(engine.module, 'config', None)
-    vocab = getattr(mcfg, 'vocab_size', None)
-    mb, gas = args.micro_batch, args.grad_accum
-    sampler = BatchSampler(len(train_data), mb * world, seed=args.seed)
-    state = {'step': 0, 'history': [], 'evals': [], 'bad_steps': 0, 'bad_loss_steps': 0, 'bad_grad_steps': 0, 'tokens': 0,
-             'max_steps': args.max_steps, 'args': dataclasses.asdict(args)}
-    extra = {'world_size': world, 'zero_stage': zero_stage, 'ds_config': cfg}
-    ck_dir = Path(args.out_dir) / 'checkpoints' if args.out_dir else None
-    if ck_dir is not None: _on_rank0(lambda: (check_writable(ck_dir), clean_incomplete(ck_dir, log=tqdm.write)), rank)
-    load = lambda c: _load_ds_checkpoint(engine, c, rank, world)
-    if args.resume == 'auto': ck, st = resume_latest(ck_dir, load, warn=rank == 0)
-    elif args.resume: ck = Path(args.resume); st = load(ck)
-    else: ck = st = None
-    if ck is not None:
-        sampler.load_state(st['sampler'])
-        resume_state(state, st, args, ck, log=tqdm.write if rank == 0 else None)
-    total = state['max_steps']
-    engine.train()
-    bar = tqdm(total=total, initial=min(state['step'], total), disable=not args.progress or rank != 0, desc=f'train x{world}',
-               dynamic_ncols=True)
-    run, t_run, saved_at = Counter(), time.time(), (state['step'] if ck is not None else None)
-    log0 = on_log if rank == 0 else None
+    "Data-parallel `fit` under DeepSpeed ZeRO `zero_stage`, one process per device; returns the same state dict as `fit`, plus its `'engine'`."
+    return train_loop(DeepSpeedBackend(model, zero_stage, offload, ds_overrides), train_data, val_data, args, tokenizer, on_log)
 
-    def run_eval():
-        if val_data is None: return
-        vl = evaluate(engine, val_data, mb, args.eval_batches)     # every rank runs the same batches (ZeRO-3 needs all)
-        state['evals'].append({'step': state['step'], 'val_loss': vl, 'val_ppl': math.exp(min(vl, 50))})
-        if log0 is not None: log0({'step': state['step'], 'val_loss': vl, 'val_ppl': state['evals'][-1]['val_ppl']})
-
-    def checkpoint():
-        nonlocal saved_at
-        if ck_dir is None: return None
-        saved_at = state['step']
-        return _save_ds_checkpoint(engine, ck_dir, state, sampler, tokenizer, args.keep_last, rank, extra, world)
-
-    flags = []
-    hooks = _guard_grads(engine.module, flags)
-    try:
-        with StopOnSignal(verbose=rank == 0) as stop:
-            while state['step'] < total:
-                stop_sig = _agree_signal(stop.signum, dev)
-                if stop_sig:                                # agreed by all ranks: finish here, save, leave
-                    path = (ck_dir / f"step-{state['step']:06d}" if saved_at == state['step'] else checkpoint()) if ck_dir else None
-                    bar.close()
-                    raise TrainingInterrupted(stop_sig, state['step'], path, state)
-                t0 = time.time()
-                lr = lr_at(state['step'], args.lr, args.warmup, total, args.min_lr_ratio)
-                for g in engine.optimizer.param_groups: g['lr'] = lr
-                loss_sum, finite, ids_prev = 0.0, True, None
-                for k in range(gas):
-                    idx = sampler.next_indices()[rank * mb:(rank + 1) * mb]
-                    ids = fetch_batch(train_data, idx, vocab).to(dev)
-                    engine.set_gradient_accumulation_boundary(k == gas - 1)
-                    loss = engine(ids, labels=ids, use_cache=False).loss
-                    gl = loss.detach().float().clone(); dist.all_reduce(gl); gl /= world
-                    if not torch.isfinite(gl): finite = False; break
-                    engine.backward(loss); ids_prev = ids
-                    loss_sum += gl.item() / gas
-                    state['tokens'] += ids.numel() * world
-                # one all-reduce (max) per step: any rank's non-finite gradient, peak memory
-                grad_bad = bool(flags) and not bool(torch.stack(flags).all()); flags.clear()
-                mem = memory_stats(dev)
-                agg = torch.tensor([float(grad_bad), 0.0, mem['mem_rss_gb'], mem.get('cuda_max_alloc_gb', 0.0)],
-                                   dtype=torch.float64, device=dev)
-                dist.all_reduce(agg, op=dist.ReduceOp.MAX)
-                if not finite:
-                    if ids_prev is not None: _close_bad_window(engine, ids_prev)
-                    flags.clear()
-                    run = count_bad_step(state, run, args, bar, 'loss', log0, verbose=rank == 0)
-                    continue
-                if agg[0] > 0:                              # the gradients were zeroed on the way in; drop the window
-                    _null_step(engine); flags.clear()
-                    run = count_bad_step(state, run, args, bar, 'grad', log0, verbose=rank == 0, grad_norm=float('nan'))
-                    continue
-                run = Counter()
-                if not engine.zero_optimization():      # stage 0: DeepSpeed clips but does not report the norm
-                    gnorm = torch.linalg.vector_norm(torch.stack([p.grad.float().norm() for p in engine.module.parameters()
-                                                                  if p.grad is not None])).item()
-                    engine.step()
-                else:
-                    engine.step(); gnorm = _grad_norm(engine)
-                state['step'] += 1
-                dt = time.time() - t0
-                tok_gpu = mb * gas * ids.shape[1] / dt
-                metrics = step_metrics(mcfg, ids.shape[1], tok_gpu, dev, args.peak_tflops)
-                metrics['mem_rss_gb'] = float(agg[2])                                  # max over ranks
-                if 'cuda_max_alloc_gb' in metrics: metrics['cuda_max_alloc_gb'] = float(agg[3])
-                rec = {'step': state['step'], 'loss': loss_sum, 'lr': lr, 'grad_norm': gnorm, 'dt': dt,
-                       'tok_s': tok_gpu * world, 'tok_s_per_gpu': tok_gpu, 'time': time.time() - t_run, 'world_size': world, **metrics}
-                state['history'].append(rec)
-                if log0 is not None: log0(rec)
-                bar.update(1); bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.1e}")
-                if args.time_budget_s and state['step'] >= 3 and ck is None:
-                    # re-planned every step at the recent rate (first steps autotune kernels); all ranks agree on the minimum
-                    dts = [h['dt'] for h in state['history'][-5:] if 'dt' in h] or [time.time() - t0]
-                    fit_steps = torch.tensor([budget_steps(state['step'], time.time() - t_run, dts, args.time_budget_s,
-                                                           1.15 if val_data is not None else 1.0)], device=dev)
-                    dist.all_reduce(fit_steps, op=dist.ReduceOp.MIN)
-                    if int(fit_steps) < total:
-                        if rank == 0 and (state['step'] == 3 or int(fit_steps) < 0.95 * total):
-                            tqdm.write(f"time budget {args.time_budget_s:.0f}s at {sorted(dts)[len(dts) // 2]:.2f}s/step: max_steps -> {int(fit_steps)}")
-                        total = state['max_steps'] = int(fit_steps); bar.total = total; bar.refresh()
-                if args.eval_every and state['step'] % args.eval_every == 0: run_eval()
-                if args.save_every and state['step'] % args.save_every == 0: checkpoint()
-            if not state['evals'] or state['evals'][-1]['step'] != state['step']: run_eval()
-            if ck_dir is not None and saved_at != state['step']: checkpoint()
-    finally:
-        for h in hooks: h.remove()
-    bar.close()
-    state['engine'] = engine
-    return state
 
 # %% ../../nbs/23_train.deepspeed.ipynb #9613982e
 def ds_checkpoint_to_hf(ck, out_dir, dtype=torch.float32) -> Path:

@@ -20,7 +20,8 @@ from ..model import compile_blocks, uncompile_blocks
 
 # %% auto #0
 __all__ = ['RESUME_WARN_FIELDS', 'TokenSequences', 'BatchSampler', 'fetch_batch', 'TrainArgs', 'evaluate', 'unigram_loss',
-           'budget_steps', 'count_bad_step', 'TrainingInterrupted', 'StopOnSignal', 'resume_state', 'fit']
+           'budget_steps', 'count_bad_step', 'TrainingInterrupted', 'StopOnSignal', 'resume_state', 'StepResult',
+           'Backend', 'TorchBackend', 'train_loop', 'fit']
 
 # %% ../../nbs/22_train.loop.ipynb #9ceabd8e
 class TokenSequences(Dataset):
@@ -229,125 +230,198 @@ def resume_state(state: dict, st: dict, args: TrainArgs, ck, log=None) -> None:
         warnings.warn(f"resuming {ck} with changed settings: " + ', '.join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
                       + " (the optimiser moments and data position were made with the old ones)", stacklevel=3)
 
-# %% ../../nbs/22_train.loop.ipynb #a63cc403
-def fit(model, train_data, val_data=None, args: TrainArgs | None = None, tokenizer=None, on_log=None) -> dict:
-    "Train `model` on `train_data` (items: LongTensor[L]); returns `{'history': [...], 'evals': [...], ...}`."
+# %% ../../nbs/22_train.loop.ipynb #5b1e7c21
+@dataclass
+class StepResult:
+    "One optimiser step as a backend reports it: mean loss, gradient norm, `bad` ('loss'/'grad' for a skipped step), tokens consumed (all ranks), sequence length."
+    loss: float = math.nan
+    grad_norm: float = math.nan
+    bad: str | None = None
+    tokens: int = 0
+    seq_len: int = 0
+
+class Backend:
+    "What `train_loop` asks of whatever owns the optimiser; the defaults are those of a single process."
+    rank, world = 0, 1
+    distributed = False              # records carry per-device throughput and the world size
+    log_evals = False                # held-out losses also go to `on_log`
+    budget_overhead = 1.1            # the time budget's margin for periodic evaluation
+    device, config = torch.device('cpu'), None
+    def setup(self, args: TrainArgs) -> None: "Build the optimiser (or engine); called after `torch.manual_seed(args.seed)`."
+    def begin(self) -> None: "Ready the model for training, after any resume."
+    def set_lr(self, lr: float) -> None: raise NotImplementedError
+    def step(self, next_batch, grad_accum: int) -> StepResult:
+        "Forward/backward `grad_accum` micro-batches from `next_batch()` and apply the step, or discard it and say why."
+        raise NotImplementedError
+    def evaluate(self, data, args: TrainArgs) -> float: raise NotImplementedError
+    def save(self, ck_dir: Path, st: dict, tokenizer, keep_last: int) -> Path: raise NotImplementedError
+    def load(self, ck) -> dict: "Load checkpoint `ck` into model and optimiser; return its trainer state."; raise NotImplementedError
+    def once(self, fn): "Run `fn()` on rank 0 only (a failure raises on every rank)."; return fn()
+    def agree_signal(self, signum): "The signal every rank stops on (falsy: none)."; return signum
+    def reduce_min(self, n: int) -> int: return n
+    def reduce_metrics(self, metrics: dict) -> dict: return metrics
+    def cleanup(self) -> None: "Called whenever the loop ends, also on an error."
+    def finish(self, state: dict) -> None: "Called after a completed run, before `state` is returned."
+
+
+# %% ../../nbs/22_train.loop.ipynb #5b1e7c22
+class TorchBackend(Backend):
+    "One process, plain PyTorch: AdamW, autocast, gradient accumulation and clipping, optional `compile_blocks`, optional CUDA-graph step."
+    def __init__(self, model): self.model = model
+
+    def setup(self, args):
+        m, self.args, self.graphed = self.model, args, None
+        self.device = dev = next(m.parameters()).device
+        self.amp, self.config = _autocast_dtype(args, dev), getattr(m, 'config', None)
+        if args.cuda_graphs:                                   # fixed shapes, device-side optimizer state and learning rate
+            if dev.type != 'cuda': raise ValueError(f"TrainArgs.cuda_graphs=True captures the training step as a CUDA graph and needs a CUDA model, got {dev}")
+            if args.grad_accum != 1: raise ValueError(f"TrainArgs.cuda_graphs=True captures one micro-batch per step: grad_accum must be 1, got {args.grad_accum}")
+            if args.grad_checkpointing: raise ValueError("TrainArgs.cuda_graphs=True and grad_checkpointing=True don't combine (recomputation re-enters autograd)")
+            self.opt = torch.optim.AdamW(param_groups(m, args.weight_decay), lr=torch.tensor(args.lr, device=dev), betas=(0.9, 0.95),
+                                         fused=True, capturable=True)
+        else: self.opt = make_optimizer(m, lr=args.lr, weight_decay=args.weight_decay)
+
+    def begin(self):
+        m, args = self.model, self.args
+        if args.grad_checkpointing: m.gradient_checkpointing_enable()
+        if args.compile: compile_blocks(m)
+        if args.cuda_graphs:
+            self.graphed = GraphedTrainStep(list(m.parameters()), self.opt, lambda ids: m(ids, labels=ids, use_cache=False).loss,
+                                            grad_clip=None if math.isinf(args.grad_clip) else args.grad_clip, autocast_dtype=self.amp, graph=True)
+        m.train()
+
+    def set_lr(self, lr):
+        self.lr = lr
+        if self.graphed is None:
+            for g in self.opt.param_groups: g['lr'] = lr
+
+    def step(self, next_batch, grad_accum):
+        if self.graphed is not None:                           # one replay; the step is already skipped if its norm was not finite
+            ids = next_batch()
+            loss_t, gn_t = self.graphed(ids, lr=self.lr)
+            loss, gnorm = loss_t.item(), gn_t.item()
+            bad = 'loss' if not math.isfinite(loss) else 'grad' if not math.isfinite(gnorm) else None
+            return StepResult(loss, gnorm, bad, ids.numel(), ids.shape[1])
+        loss_sum, tokens = 0.0, 0
+        for _ in range(grad_accum):
+            ids = next_batch()
+            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                loss = self.model(ids, labels=ids, use_cache=False).loss
+            if not torch.isfinite(loss):
+                self.opt.zero_grad(set_to_none=True); return StepResult(bad='loss', tokens=tokens)
+            (loss / grad_accum).backward()
+            loss_sum += loss.item() / grad_accum
+            tokens += ids.numel()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip).item()
+        if not math.isfinite(gnorm):                           # a finite loss can still back-propagate NaN/inf: never apply it
+            self.opt.zero_grad(set_to_none=True); return StepResult(grad_norm=gnorm, bad='grad', tokens=tokens)
+        self.opt.step(); self.opt.zero_grad(set_to_none=True)
+        return StepResult(loss_sum, gnorm, None, tokens, ids.shape[1])
+
+    def evaluate(self, data, args): return evaluate(self.model, data, args.micro_batch, args.eval_batches, self.amp)
+    def save(self, ck_dir, st, tokenizer, keep_last):
+        return save_checkpoint(ck_dir, st['step'], self.model, self.opt, {k: v for k, v in st.items() if k != 'step'},
+                               tokenizer, keep_last=keep_last)
+    def load(self, ck): return load_checkpoint(ck, self.model, self.opt, required=RESUME_FIELDS)
+    def finish(self, state):
+        if self.args.grad_checkpointing: self.model.gradient_checkpointing_disable()
+        if self.args.compile: uncompile_blocks(self.model)     # sampling/eval afterwards should not recompile for new shapes
+        self.model.eval()
+
+
+# %% ../../nbs/22_train.loop.ipynb #5b1e7c23
+def train_loop(backend: Backend, train_data, val_data=None, args: TrainArgs | None = None, tokenizer=None, on_log=None) -> dict:
+    "Train with `backend` doing the steps; schedule, time budget, bad-step guard, held-out loss, checkpoints/resume, signals and logging are here. Returns the run's state."
     args = args or TrainArgs()
     if not isinstance(args, TrainArgs): raise TypeError(f"args must be a TrainArgs, got {type(args).__name__}")
     if val_data is not None and len(val_data) == 0: raise ValueError("val_data has no rows: pass val_data=None for no held-out loss")
-    dev = next(model.parameters()).device
-    amp = _autocast_dtype(args, dev)
-    cfg = getattr(model, 'config', None)
-    vocab = getattr(cfg, 'vocab_size', None)
     torch.manual_seed(args.seed)
-    if args.cuda_graphs:                                   # fixed shapes, device-side optimizer state and learning rate
-        if dev.type != 'cuda': raise ValueError(f"TrainArgs.cuda_graphs=True captures the training step as a CUDA graph and needs a CUDA model, got {dev}")
-        if args.grad_accum != 1: raise ValueError(f"TrainArgs.cuda_graphs=True captures one micro-batch per step: grad_accum must be 1, got {args.grad_accum}")
-        if args.grad_checkpointing: raise ValueError("TrainArgs.cuda_graphs=True and grad_checkpointing=True don't combine (recomputation re-enters autograd)")
-        opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=torch.tensor(args.lr, device=dev), betas=(0.9, 0.95),
-                                fused=True, capturable=True)
-    else:
-        opt = make_optimizer(model, lr=args.lr, weight_decay=args.weight_decay)
-    sampler = BatchSampler(len(train_data), args.micro_batch, seed=args.seed)
+    backend.setup(args)
+    be, mb, world, rank0 = backend, args.micro_batch, backend.world, backend.rank == 0
+    log, log0 = (tqdm.write if rank0 else None), (on_log if rank0 else None)
+    vocab = getattr(be.config, 'vocab_size', None)
+    sampler = BatchSampler(len(train_data), mb * world, seed=args.seed)    # the same order on every rank; rank r takes its slice
+    lo = be.rank * mb
+    def next_batch(): return fetch_batch(train_data, sampler.next_indices()[lo:lo + mb], vocab).to(be.device, non_blocking=True)
     ck_dir = Path(args.out_dir) / 'checkpoints' if args.out_dir else None
     if ck_dir is not None:                                 # fail now, not at the first save hours in
-        check_writable(ck_dir); clean_incomplete(ck_dir, log=tqdm.write)
+        be.once(lambda: (check_writable(ck_dir), clean_incomplete(ck_dir, log=tqdm.write)))
     state = {'step': 0, 'history': [], 'evals': [], 'bad_steps': 0, 'bad_loss_steps': 0, 'bad_grad_steps': 0, 'tokens': 0,
              'max_steps': args.max_steps, 'args': dataclasses.asdict(args)}
-    load = lambda c: load_checkpoint(c, model, opt, required=RESUME_FIELDS)
-    if args.resume == 'auto': ck, st = resume_latest(ck_dir, load)
-    elif args.resume: ck = Path(args.resume); st = load(ck)
+    if args.resume == 'auto': ck, st = resume_latest(ck_dir, be.load, warn=rank0)
+    elif args.resume: ck = Path(args.resume); st = be.load(ck)
     else: ck = st = None
     if ck is not None:
         sampler.load_state(st['sampler'])
-        resume_state(state, st, args, ck, log=tqdm.write)
-    if args.grad_checkpointing: model.gradient_checkpointing_enable()
-    if args.compile: compile_blocks(model)
-    graphed = None
-    if args.cuda_graphs:
-        def _loss(ids):
-            return model(ids, labels=ids, use_cache=False).loss
-        graphed = GraphedTrainStep(list(model.parameters()), opt, _loss,
-                                   grad_clip=None if math.isinf(args.grad_clip) else args.grad_clip, autocast_dtype=amp, graph=True)
+        resume_state(state, st, args, ck, log=log)
+    be.begin()
     total = state['max_steps']
-    model.train()
-    bar = tqdm(total=total, initial=min(state['step'], total), disable=not args.progress, desc='train', dynamic_ncols=True)
+    bar = tqdm(total=total, initial=min(state['step'], total), disable=not args.progress or not rank0,
+               desc=f'train x{world}' if be.distributed else 'train', dynamic_ncols=True)
     run, t_run, saved_at = Counter(), time.time(), (state['step'] if ck is not None else None)
 
     def run_eval():
         if val_data is None: return
-        vl = evaluate(model, val_data, args.micro_batch, args.eval_batches, amp)
+        vl = be.evaluate(val_data, args)                   # every rank runs the same batches (ZeRO-3 needs all)
         state['evals'].append({'step': state['step'], 'val_loss': vl, 'val_ppl': math.exp(min(vl, 50))})
         bar.set_postfix(loss=f"{state['history'][-1]['loss']:.3f}" if state['history'] else '-', val=f"{vl:.3f}")
+        if be.log_evals and log0 is not None: log0({'step': state['step'], 'val_loss': vl, 'val_ppl': state['evals'][-1]['val_ppl']})
 
     def checkpoint():
         nonlocal saved_at
         if ck_dir is None: return None
         saved_at = state['step']
-        return save_checkpoint(ck_dir, state['step'], model, opt, {**{k: v for k, v in state.items() if k != 'step'},
-                               'sampler': sampler.state()}, tokenizer, keep_last=args.keep_last)
+        return be.save(ck_dir, {**state, 'sampler': sampler.state()}, tokenizer, args.keep_last)
 
-    with StopOnSignal() as stop:
-        while state['step'] < total:
-            if stop.signum is not None:                    # SIGTERM/SIGINT: the last step is done; save and leave
-                path = (ck_dir / f"step-{state['step']:06d}" if saved_at == state['step'] else checkpoint()) if ck_dir else None
-                bar.close()
-                raise TrainingInterrupted(stop.signum, state['step'], path, state)
-            t0 = time.time()
-            lr = lr_at(state['step'], args.lr, args.warmup, total, args.min_lr_ratio)
-            if graphed is None:
-                for g in opt.param_groups: g['lr'] = lr
-            loss_sum, finite = 0.0, True
-            if graphed is not None:                        # one replay; the step is already skipped if its norm was not finite
-                ids = fetch_batch(train_data, sampler.next_indices(), vocab).to(dev, non_blocking=True)
-                loss_t, gn_t = graphed(ids, lr=lr)
-                loss_sum, gnorm = loss_t.item(), gn_t.item()
-                state['tokens'] += ids.numel()
-                if not math.isfinite(loss_sum) or not math.isfinite(gnorm):
-                    run = count_bad_step(state, run, args, bar, 'loss' if not math.isfinite(loss_sum) else 'grad', on_log,
-                                         **({} if not math.isfinite(loss_sum) else {'grad_norm': gnorm}))
+    try:
+        with StopOnSignal(verbose=rank0) as stop:
+            while state['step'] < total:
+                sig = be.agree_signal(stop.signum)
+                if sig:                                    # SIGTERM/SIGINT (on any rank): the last step is done; save and leave
+                    path = (ck_dir / f"step-{state['step']:06d}" if saved_at == state['step'] else checkpoint()) if ck_dir else None
+                    bar.close()
+                    raise TrainingInterrupted(sig, state['step'], path, state)
+                t0 = time.time()
+                lr = lr_at(state['step'], args.lr, args.warmup, total, args.min_lr_ratio)
+                be.set_lr(lr)
+                r = be.step(next_batch, args.grad_accum)
+                state['tokens'] += r.tokens
+                if r.bad is not None:                      # nothing was applied; count it, abort after max_bad_steps in a row
+                    run = count_bad_step(state, run, args, bar, r.bad, log0, verbose=rank0,
+                                         **({'grad_norm': r.grad_norm} if r.bad == 'grad' else {}))
                     continue
-            for _ in range(args.grad_accum if graphed is None else 0):
-                ids = fetch_batch(train_data, sampler.next_indices(), vocab).to(dev)
-                with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-                    loss = model(ids, labels=ids, use_cache=False).loss
-                if not torch.isfinite(loss): finite = False; break
-                (loss / args.grad_accum).backward()
-                loss_sum += loss.item() / args.grad_accum
-                state['tokens'] += ids.numel()
-            if not finite:
-                opt.zero_grad(set_to_none=True)
-                run = count_bad_step(state, run, args, bar, 'loss', on_log)
-                continue
-            if graphed is None: gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
-            if not math.isfinite(gnorm):                   # a finite loss can still back-propagate NaN/inf: never apply it
-                opt.zero_grad(set_to_none=True)
-                run = count_bad_step(state, run, args, bar, 'grad', on_log, grad_norm=gnorm)
-                continue
-            run = Counter()
-            if graphed is None: opt.step(); opt.zero_grad(set_to_none=True)
-            state['step'] += 1
-            dt = time.time() - t0
-            tok_s = args.micro_batch * args.grad_accum * ids.shape[1] / dt
-            rec = {'step': state['step'], 'loss': loss_sum, 'lr': lr, 'grad_norm': gnorm, 'dt': dt, 'tok_s': tok_s,
-                   'time': time.time() - t_run, **step_metrics(cfg, ids.shape[1], tok_s, dev, args.peak_tflops)}
-            state['history'].append(rec)
-            if on_log is not None: on_log(rec)
-            bar.update(1); bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.1e}")
-            if args.time_budget_s and state['step'] >= 3 and ck is None:
-                # re-plan every step (a shared machine's speed drifts); only ever shrink
-                dts = [h['dt'] for h in state['history'][-5:] if 'dt' in h] or [dt]
-                fit_steps = budget_steps(state['step'], time.time() - t_run, dts, args.time_budget_s, 1.1 if val_data is not None else 1.0)
-                if fit_steps < total:
-                    if state['step'] == 3 or fit_steps < 0.95 * total:
-                        tqdm.write(f"time budget {args.time_budget_s:.0f}s at {sorted(dts)[len(dts) // 2]:.2f}s/step: max_steps -> {fit_steps}")
-                    total = state['max_steps'] = fit_steps; bar.total = total; bar.refresh()
-            if args.eval_every and state['step'] % args.eval_every == 0: run_eval()
-            if args.save_every and state['step'] % args.save_every == 0: checkpoint()
-        if not state['evals'] or state['evals'][-1]['step'] != state['step']: run_eval()
-        if ck_dir is not None and saved_at != state['step']: checkpoint()
+                run = Counter()
+                state['step'] += 1
+                dt = time.time() - t0
+                tok_dev = mb * args.grad_accum * r.seq_len / dt
+                metrics = be.reduce_metrics(step_metrics(be.config, r.seq_len, tok_dev, be.device, args.peak_tflops))
+                rec = {'step': state['step'], 'loss': r.loss, 'lr': lr, 'grad_norm': r.grad_norm, 'dt': dt, 'tok_s': tok_dev * world,
+                       **({'tok_s_per_gpu': tok_dev} if be.distributed else {}), 'time': time.time() - t_run,
+                       **({'world_size': world} if be.distributed else {}), **metrics}
+                state['history'].append(rec)
+                if log0 is not None: log0(rec)
+                bar.update(1); bar.set_postfix(loss=f"{r.loss:.3f}", lr=f"{lr:.1e}")
+                if args.time_budget_s and state['step'] >= 3 and ck is None:
+                    # re-plan every step (a shared machine's speed drifts); only ever shrink; all ranks take the smallest plan
+                    dts = [h['dt'] for h in state['history'][-5:] if 'dt' in h] or [dt]
+                    fit_steps = be.reduce_min(budget_steps(state['step'], time.time() - t_run, dts, args.time_budget_s,
+                                                           be.budget_overhead if val_data is not None else 1.0))
+                    if fit_steps < total:
+                        if log is not None and (state['step'] == 3 or fit_steps < 0.95 * total):
+                            log(f"time budget {args.time_budget_s:.0f}s at {sorted(dts)[len(dts) // 2]:.2f}s/step: max_steps -> {fit_steps}")
+                        total = state['max_steps'] = fit_steps; bar.total = total; bar.refresh()
+                if args.eval_every and state['step'] % args.eval_every == 0: run_eval()
+                if args.save_every and state['step'] % args.save_every == 0: checkpoint()
+            if not state['evals'] or state['evals'][-1]['step'] != state['step']: run_eval()
+            if ck_dir is not None and saved_at != state['step']: checkpoint()
+    finally: be.cleanup()
     bar.close()
-    if args.grad_checkpointing: model.gradient_checkpointing_disable()
-    if args.compile: uncompile_blocks(model)         # sampling/eval afterwards should not recompile for new shapes
-    model.eval()
+    be.finish(state)
     return state
+
+
+# %% ../../nbs/22_train.loop.ipynb #a63cc403
+def fit(model, train_data, val_data=None, args: TrainArgs | None = None, tokenizer=None, on_log=None) -> dict:
+    "Train `model` on `train_data` (items: LongTensor[L]) in this process; returns `{'history': [...], 'evals': [...], ...}`."
+    return train_loop(TorchBackend(model), train_data, val_data, args, tokenizer, on_log)
+

@@ -208,8 +208,14 @@ def chat(model, tok, prompt: str, max_new_tokens: int = 64, system: str | None =
     return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
 # %% ../nbs/40_lora.ipynb #7936b55e
+def _require_peft(model, what: str):
+    from peft import PeftModel
+    if not isinstance(model, PeftModel):
+        raise ValueError(f"{what}: {type(model).__name__} is not LoRA-wrapped; wrap it with apply_lora or load_adapter first")
+
 def merge_lora(peft_model) -> HybridForCausalLM:
     "Fold the adapter into the base weights; returns a plain `HybridForCausalLM` (the peft wrapper is consumed)."
+    _require_peft(peft_model, 'merge_lora')
     return peft_model.merge_and_unload()
 
 # %% ../nbs/40_lora.ipynb #7ee02b62
@@ -226,6 +232,7 @@ def base_fingerprint(model: HybridForCausalLM, targets: dict = LORA_TARGETS) -> 
 
 def save_adapter(peft_model, out_dir, tokenizer=None) -> Path:
     "peft adapter files + `hybridslm_base.json` (the base-model fingerprint and the LoRA targets)."
+    _require_peft(peft_model, 'save_adapter')
     out = Path(out_dir)
     peft_model.save_pretrained(out)
     targets = getattr(peft_model, 'lora_targets', LORA_TARGETS)

@@ -126,3 +126,9 @@ def test_quantized_model_where_float_weights_are_needed():
     qm = quantize_model(tiny(), 'int8')
     with pytest.raises(ValueError, match='float weights'): apply_lora(qm, r=4, alpha=8)
     with pytest.raises(ValueError, match='float weights'): to_bf16(qm)
+
+def test_merge_and_save_adapter_need_a_wrapped_model(tmp_path):
+    m = tiny()
+    with pytest.raises(ValueError, match='not LoRA-wrapped'): merge_lora(m)
+    with pytest.raises(ValueError, match='not LoRA-wrapped'): save_adapter(m, tmp_path / 'ad')
+    assert not (tmp_path / 'ad').exists()

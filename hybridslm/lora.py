@@ -78,8 +78,8 @@ def check_plain_float_model(model, what: str) -> None:
                          f"adapter in first with merge_lora (peft's merge_and_unload)")
     if not isinstance(model, HybridForCausalLM): raise TypeError(f"{what}: expected a HybridForCausalLM, got {type(model).__name__}")
     q = [n for n, p in model.named_parameters() if type(p) not in (torch.Tensor, torch.nn.Parameter)]
-    if q or getattr(model.config, 'quantization', None):
-        raise ValueError(f"{what} needs float weights, but the model is quantized ({q[:2] or model.config.quantization}); "
+    if q:   # judged by the weights, not config.quantization (a config object can be shared with a quantized copy)
+        raise ValueError(f"{what} needs float weights, but the model is quantized (e.g. {q[0]}); "
                          f"use the float model (LoRA first, merge_lora, then quantize)")
 
 def apply_lora(model: HybridForCausalLM, r: int = 64, alpha: int = 128, dropout: float = 0.05,

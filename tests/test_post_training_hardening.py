@@ -132,3 +132,13 @@ def test_merge_and_save_adapter_need_a_wrapped_model(tmp_path):
     with pytest.raises(ValueError, match='not LoRA-wrapped'): merge_lora(m)
     with pytest.raises(ValueError, match='not LoRA-wrapped'): save_adapter(m, tmp_path / 'ad')
     assert not (tmp_path / 'ad').exists()
+
+def test_float_model_sharing_its_config_with_a_quantized_one_is_still_float():
+    a = tiny(); b = HybridForCausalLM(a.config).eval()
+    quantize_model(b, 'int8')                              # sets config.quantization on the shared config object
+    assert apply_lora(copy.deepcopy(a), r=4, alpha=8).lora_counts['A'] == 8
+    quantize_model(a, 'int4')
+
+def test_load_adapter_refuses_a_quantized_base(tmp_path):
+    save_adapter(apply_lora(tiny(), r=4, alpha=8), tmp_path / 'ad')
+    with pytest.raises(ValueError, match='float weights'): load_adapter(quantize_model(tiny(), 'int8'), tmp_path / 'ad')

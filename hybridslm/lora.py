@@ -23,6 +23,8 @@ LORA_TARGETS = {'A': ('q_proj', 'k_proj', 'v_proj', 'o_proj'), 'M': ('in_proj', 
 
 def check_lora_targets(config: HybridConfig, targets) -> dict[str, tuple[str, ...]]:
     "`targets` as a `{kind: (projection, ...)}` dict, or a ValueError/TypeError saying what is wrong with it."
+    if targets is LORA_TARGETS:   # the default means every projection of every kind the model has
+        targets = {k: v for k, v in LORA_TARGETS.items() if k == 'mlp' or k in config.layer_pattern}
     if not isinstance(targets, dict): raise TypeError(f"targets must be a dict {{kind: (projection, ...)}}, got {type(targets).__name__}")
     if not targets: raise ValueError(f"targets is empty: name at least one of the kinds {list(LORA_TARGETS)}")
     bad = [k for k in targets if k not in LORA_TARGETS]

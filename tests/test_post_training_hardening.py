@@ -142,3 +142,11 @@ def test_float_model_sharing_its_config_with_a_quantized_one_is_still_float():
 def test_load_adapter_refuses_a_quantized_base(tmp_path):
     save_adapter(apply_lora(tiny(), r=4, alpha=8), tmp_path / 'ad')
     with pytest.raises(ValueError, match='float weights'): load_adapter(quantize_model(tiny(), 'int8'), tmp_path / 'ad')
+
+@pytest.mark.parametrize('pattern,counts', [('MMMM', {'M': 8, 'mlp': 12}), ('AAAA', {'A': 16, 'mlp': 12})])
+def test_default_targets_on_a_single_kind_pattern(tmp_path, pattern, counts):
+    "The default targets cover the kinds the model has; naming an absent kind explicitly is still an error."
+    pm = apply_lora(tiny(pattern), r=4, alpha=8)
+    assert pm.lora_counts == counts
+    save_adapter(pm, tmp_path / 'ad')
+    assert load_adapter(tiny(pattern), tmp_path / 'ad').lora_counts == counts

@@ -34,6 +34,8 @@ def test_from_pretrained_on_quantized_folder_is_loud_in_process(tmp_path, scheme
         AutoModelForCausalLM.from_pretrained(d)
     with pytest.raises(Exception, match='load_quantized'):
         HybridForCausalLM.from_pretrained(d)
+    with pytest.raises(Exception, match='load_quantized'):
+        AutoModelForCausalLM.from_pretrained(d, ignore_mismatched_sizes=True)
     x = torch.randint(0, 512, (1, 12))
     with torch.no_grad(): assert torch.equal(load_quantized(d)(x).logits, qm(x).logits)   # the right loader still works
 
@@ -50,6 +52,21 @@ def test_from_pretrained_on_quantized_folder_is_loud_without_quantize_imported(t
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1')
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0 and 'RAISED' in r.stdout, r.stdout + r.stderr[-2000:]
+
+def test_load_quantized_reads_folders_written_without_the_refusal(tmp_path):
+    "Folders saved before config.json had a quantization_config and the file a guard tensor still load."
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    qm = quantize_model(tiny(), 'int4')
+    d = save_quantized(qm, tmp_path / 'q')
+    cfg = json.loads((d / 'config.json').read_text()); cfg.pop('quantization_config')
+    (d / 'config.json').write_text(json.dumps(cfg))
+    with safe_open(str(d / 'model.safetensors'), 'pt') as f:
+        meta = dict(f.metadata()); tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors.pop(meta.pop('hybridslm_guard'))
+    save_file(tensors, str(d / 'model.safetensors'), metadata=meta)
+    x = torch.randint(0, 512, (1, 12))
+    with torch.no_grad(): assert torch.equal(load_quantized(d)(x).logits, qm(x).logits)
 
 # ---------------------------------------------------------------- 2. LoRA targets, validation before touching the model
 

@@ -12,20 +12,41 @@ from .config import HybridConfig
 from .model import HybridForCausalLM
 
 # %% auto #0
-__all__ = ['LORA_TARGETS', 'expected_lora_modules', 'lora_config', 'verify_lora', 'apply_lora', 'alpaca_to_messages',
-           'load_instructions', 'tokenize_chat', 'pack_examples', 'assistant_loss', 'train_lora', 'chat', 'merge_lora',
-           'base_fingerprint', 'save_adapter', 'check_adapter_base', 'load_adapter']
+__all__ = ['LORA_TARGETS', 'ADAPTER_WEIGHTS', 'check_lora_targets', 'expected_lora_modules', 'lora_config', 'verify_lora',
+           'check_plain_float_model', 'apply_lora', 'alpaca_to_messages', 'load_instructions', 'tokenize_chat',
+           'pack_examples', 'assistant_loss', 'train_lora', 'chat', 'merge_lora', 'base_fingerprint', 'save_adapter',
+           'check_adapter_base', 'load_adapter']
 
 # %% ../nbs/40_lora.ipynb #6ec80ed6
 LORA_TARGETS = {'A': ('q_proj', 'k_proj', 'v_proj', 'o_proj'), 'M': ('in_proj', 'out_proj'),
                 'mlp': ('gate_proj', 'up_proj', 'down_proj')}
 
+def check_lora_targets(config: HybridConfig, targets) -> dict[str, tuple[str, ...]]:
+    "`targets` as a `{kind: (projection, ...)}` dict, or a ValueError/TypeError saying what is wrong with it."
+    if targets is LORA_TARGETS:   # the default means every projection of every kind the model has
+        targets = {k: v for k, v in LORA_TARGETS.items() if k == 'mlp' or k in config.layer_pattern}
+    if not isinstance(targets, dict): raise TypeError(f"targets must be a dict {{kind: (projection, ...)}}, got {type(targets).__name__}")
+    if not targets: raise ValueError(f"targets is empty: name at least one of the kinds {list(LORA_TARGETS)}")
+    bad = [k for k in targets if k not in LORA_TARGETS]
+    if bad: raise ValueError(f"unknown LoRA target kinds {bad}; use keys of {list(LORA_TARGETS)}")
+    out = {}
+    for kind, names in targets.items():
+        if not isinstance(names, (tuple, list)) or not all(isinstance(n, str) for n in names):
+            raise TypeError(f"targets[{kind!r}] must be a tuple of projection names, got {names!r}")
+        if not names: raise ValueError(f"targets[{kind!r}] is empty; leave the kind out instead")
+        wrong = [n for n in names if n not in LORA_TARGETS[kind]]
+        if wrong: raise ValueError(f"{wrong} are not {kind!r} projections; choose from {LORA_TARGETS[kind]}")
+        if kind != 'mlp' and kind not in config.layer_pattern:
+            raise ValueError(f"no {kind!r} layer in layer_pattern {config.layer_pattern!r}: nothing to put LoRA on")
+        out[kind] = tuple(names)
+    return out
+
 def expected_lora_modules(config: HybridConfig, targets: dict = LORA_TARGETS) -> dict[str, set[str]]:
-    "Module names (relative to `HybridForCausalLM`) that must carry LoRA, per kind 'A', 'M', 'mlp'."
+    "Module names (relative to `HybridForCausalLM`) that must carry LoRA, per kind named in `targets`."
     out = {k: set() for k in targets}
     for i, kind in enumerate(config.layer_pattern):
-        out[kind] |= {f'model.layers.{i}.mixer.{n}' for n in targets.get(kind, ())}
-        out['mlp'] |= {f'model.layers.{i}.mlp.{n}' for n in targets.get('mlp', ())}
+        if kind in out: out[kind] |= {f'model.layers.{i}.mixer.{n}' for n in targets[kind]}
+        if 'mlp' in out: out['mlp'] |= {f'model.layers.{i}.mlp.{n}' for n in targets['mlp']}
     return out
 
 def lora_config(r: int = 64, alpha: int = 128, dropout: float = 0.05, targets: dict = LORA_TARGETS, **kw):
@@ -50,14 +71,35 @@ def verify_lora(peft_model, targets: dict = LORA_TARGETS) -> dict[str, int]:
     if problems: raise RuntimeError("LoRA did not land where intended: " + '; '.join(problems))
     return {k: len(v) for k, v in exp.items()}
 
+def check_plain_float_model(model, what: str) -> None:
+    "Raise a ValueError if `model` is not a plain float `HybridForCausalLM`: already LoRA-wrapped, or quantized."
+    from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    if isinstance(model, PeftModel) or any(isinstance(m, BaseTunerLayer) for m in model.modules()):
+        raise ValueError(f"{what}: the model is already wrapped with a LoRA adapter; use it as it is, or fold the "
+                         f"adapter in first with merge_lora (peft's merge_and_unload)")
+    if not isinstance(model, HybridForCausalLM): raise TypeError(f"{what}: expected a HybridForCausalLM, got {type(model).__name__}")
+    q = [n for n, p in model.named_parameters() if type(p) not in (torch.Tensor, torch.nn.Parameter)]
+    if q:   # judged by the weights, not config.quantization (a config object can be shared with a quantized copy)
+        raise ValueError(f"{what} needs float weights, but the model is quantized (e.g. {q[0]}); "
+                         f"use the float model (LoRA first, merge_lora, then quantize)")
+
 def apply_lora(model: HybridForCausalLM, r: int = 64, alpha: int = 128, dropout: float = 0.05,
                targets: dict = LORA_TARGETS, **kw):
-    "Wrap `model` with peft LoRA and verify the adapter covers every intended layer type."
+    """Wrap `model` with peft LoRA and verify the adapter covers every intended layer type. Every argument is checked
+    before the model is touched; if the check after wrapping fails, the adapter is removed again."""
     from peft import get_peft_model
-    bad = [k for k in targets if k not in LORA_TARGETS]
-    if bad: raise ValueError(f"unknown LoRA target kinds {bad}; use keys of {list(LORA_TARGETS)}")
-    pm = get_peft_model(model, lora_config(r, alpha, dropout, targets, **kw))
-    pm.lora_counts = verify_lora(pm, targets)
+    check_plain_float_model(model, 'apply_lora')
+    targets = check_lora_targets(model.config, targets)
+    for name, v in (('r', r), ('alpha', alpha)):
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0: raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if not 0 <= dropout < 1: raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    cfg = lora_config(r, alpha, dropout, targets, **kw)       # peft checks its own options here, before any change
+    pm = get_peft_model(model, cfg)
+    try: pm.lora_counts = verify_lora(pm, targets)
+    except Exception:
+        pm.unload(); raise
+    pm.lora_targets = targets
     return pm
 
 # %% ../nbs/40_lora.ipynb #41f6ef08
@@ -168,13 +210,20 @@ def chat(model, tok, prompt: str, max_new_tokens: int = 64, system: str | None =
     return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
 # %% ../nbs/40_lora.ipynb #7936b55e
+def _require_peft(model, what: str):
+    from peft import PeftModel
+    if not isinstance(model, PeftModel):
+        raise ValueError(f"{what}: {type(model).__name__} is not LoRA-wrapped; wrap it with apply_lora or load_adapter first")
+
 def merge_lora(peft_model) -> HybridForCausalLM:
     "Fold the adapter into the base weights; returns a plain `HybridForCausalLM` (the peft wrapper is consumed)."
+    _require_peft(peft_model, 'merge_lora')
     return peft_model.merge_and_unload()
 
 # %% ../nbs/40_lora.ipynb #7ee02b62
 _FINGERPRINT_FIELDS = ('vocab_size', 'd_model', 'layer_pattern', 'n_heads', 'n_kv_heads', 'd_ff', 'd_state', 'd_conv',
                        'expand', 'headdim', 'ngroups')
+ADAPTER_WEIGHTS = ('adapter_model.safetensors', 'adapter_model.bin')
 
 def base_fingerprint(model: HybridForCausalLM, targets: dict = LORA_TARGETS) -> dict:
     "Shape-deciding config fields and the shapes of all LoRA-target weights of a base model."
@@ -184,32 +233,44 @@ def base_fingerprint(model: HybridForCausalLM, targets: dict = LORA_TARGETS) -> 
                 shapes={n: list(model.get_submodule(n).weight.shape) for n in names})
 
 def save_adapter(peft_model, out_dir, tokenizer=None) -> Path:
-    "peft adapter files + `hybridslm_base.json` (the base-model fingerprint)."
+    "peft adapter files + `hybridslm_base.json` (the base-model fingerprint and the LoRA targets)."
+    _require_peft(peft_model, 'save_adapter')
     out = Path(out_dir)
     peft_model.save_pretrained(out)
-    fp = base_fingerprint(peft_model.get_base_model())
-    fp['shapes'] = {n: s for n, s in fp['shapes'].items()}
+    targets = getattr(peft_model, 'lora_targets', LORA_TARGETS)
+    fp = base_fingerprint(peft_model.get_base_model(), targets)
+    fp['targets'] = {k: list(v) for k, v in targets.items()}
     (out / 'hybridslm_base.json').write_text(json.dumps(fp, indent=1))
     if tokenizer is not None: tokenizer.save_pretrained(out)
     return out
 
-def check_adapter_base(base: HybridForCausalLM, adapter_dir) -> None:
-    "Raise ValueError if the adapter in `adapter_dir` was not trained on a base shaped like `base`."
+def check_adapter_base(base: HybridForCausalLM, adapter_dir) -> dict:
+    "Raise if `adapter_dir` is incomplete or its adapter was not trained on a base shaped like `base`; returns its targets."
     d = Path(adapter_dir)
     if not (d / 'adapter_config.json').exists(): raise FileNotFoundError(f"{d} has no adapter_config.json")
+    if not any((d / f).exists() for f in ADAPTER_WEIGHTS):
+        raise FileNotFoundError(f"{d} has no adapter weights: expected {ADAPTER_WEIGHTS[0]} (as save_adapter writes it) "
+                                f"next to adapter_config.json")
     if not (d / 'hybridslm_base.json').exists():
         raise ValueError(f"{d} has no hybridslm_base.json: not saved by save_adapter, cannot verify its base model")
     want = json.loads((d / 'hybridslm_base.json').read_text())
+    targets = {k: tuple(v) for k, v in want.get('targets', LORA_TARGETS).items()}
     have = base_fingerprint(base)
     diffs = [f"{k}: adapter {want['config'].get(k)!r} vs base {v!r}" for k, v in have['config'].items() if want['config'].get(k) != v]
     diffs += [f"{n}: adapter {s} vs base {have['shapes'].get(n)}" for n, s in want['shapes'].items()
               if have['shapes'].get(n) != s][:5]
     if diffs: raise ValueError(f"adapter {d} was trained on a different base model: " + '; '.join(diffs[:8]))
+    return targets
 
 def load_adapter(base: HybridForCausalLM, adapter_dir, is_trainable: bool = False):
-    "Attach a saved adapter to `base` after checking it belongs to this base; verifies coverage as `apply_lora` does."
+    """Attach a saved adapter to `base` after checking it belongs to this base; verifies coverage as `apply_lora` does.
+    This is the loading path for adapters (not `PeftModel.from_pretrained`, which checks none of this)."""
     from peft import PeftModel
-    check_adapter_base(base, adapter_dir)
+    check_plain_float_model(base, 'load_adapter')
+    targets = check_adapter_base(base, adapter_dir)
     pm = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=is_trainable)
-    pm.lora_counts = verify_lora(pm)
+    try: pm.lora_counts = verify_lora(pm, targets)
+    except Exception:
+        pm.unload(); raise
+    pm.lora_targets = targets
     return pm

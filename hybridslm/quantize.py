@@ -4,7 +4,7 @@
 
 # %% ../nbs/41_quantize.ipynb #f755e294
 from __future__ import annotations
-import json, math
+import copy, json, math
 from pathlib import Path
 import torch, torch.nn as nn
 from .config import HybridConfig
@@ -12,9 +12,9 @@ from .model import HybridForCausalLM
 from .train.optim import SSM_FP32_PARAMS, cast_keep_ssm_fp32
 
 # %% auto #0
-__all__ = ['QUANT_TARGETS', 'SCHEMES', 'target_linears', 'check_layout', 'torchao_config', 'is_quantized',
-           'assert_high_precision', 'quantize_model', 'to_bf16', 'tensor_nbytes', 'model_nbytes', 'save_quantized',
-           'load_quantized', 'perplexity']
+__all__ = ['QUANT_TARGETS', 'SCHEMES', 'QUANT_METHOD', 'target_linears', 'check_layout', 'torchao_config', 'is_quantized',
+           'assert_high_precision', 'check_quantizable', 'quantize_model', 'to_bf16', 'tensor_nbytes', 'model_nbytes',
+           'save_quantized', 'load_quantized', 'perplexity']
 
 # %% ../nbs/41_quantize.ipynb #df502b39
 QUANT_TARGETS = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'in_proj', 'out_proj', 'gate_proj', 'up_proj', 'down_proj')
@@ -59,9 +59,23 @@ def assert_high_precision(model: nn.Module):
         assert not is_quantized(p) and p.is_floating_point(), f"{n} was quantized ({type(p).__name__}, {p.dtype})"
         if n.rsplit('.', 1)[-1] in SSM_FP32_PARAMS: assert p.dtype == torch.float32, f"{n} is {p.dtype}, expected float32"
 
+def check_quantizable(model: nn.Module):
+    "Raise a ValueError if `model` is LoRA-wrapped (merge first) or already quantized (quantize the float model)."
+    try:
+        from peft import PeftModel
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        if isinstance(model, PeftModel) or any(isinstance(m, BaseTunerLayer) for m in model.modules()):
+            raise ValueError("the model carries a LoRA adapter: merge it first (hybridslm.lora.merge_lora, i.e. peft's "
+                             "merge_and_unload), then quantize the merged model")
+    except ImportError: pass
+    done = [n for n, p in model.named_parameters() if is_quantized(p)]
+    if done: raise ValueError(f"the model is already quantized ({len(done)} weights, e.g. {done[0]} is "
+                              f"{type(dict(model.named_parameters())[done[0]]).__name__}); quantize the float model instead")
+
 def quantize_model(model: HybridForCausalLM, scheme: str = 'int8', group_size: int = 32, targets=QUANT_TARGETS):
     "Quantize the target Linear weights of `model` in place (weight-only); returns the model."
     from torchao.quantization import quantize_
+    check_quantizable(model)
     check_layout(model, scheme, group_size, targets)
     dev = next(model.parameters()).device
     if scheme == 'int4' and dev.type == 'cuda' and model.dtype != torch.bfloat16:
@@ -77,6 +91,9 @@ def quantize_model(model: HybridForCausalLM, scheme: str = 'int8', group_size: i
 
 def to_bf16(model: nn.Module) -> nn.Module:
     "bfloat16 weights, but `A_log, D, dt_bias` kept float32 (the mamba_ssm habit)."
+    q = [n for n, p in model.named_parameters() if is_quantized(p)]
+    if q: raise ValueError(f"to_bf16 needs float weights, but the model is quantized (e.g. {q[0]}); cast the float model "
+                           f"first, then quantize")
     return cast_keep_ssm_fp32(model, torch.bfloat16)
 
 # %% ../nbs/41_quantize.ipynb #12c4406d
@@ -100,6 +117,33 @@ def _unpack_int4(p: torch.Tensor) -> torch.Tensor:
     lo, hi = (p & 0xF).to(torch.int8) - 8, (p >> 4).to(torch.int8) - 8
     return torch.stack([lo, hi], -1).flatten(-2)
 
+QUANT_METHOD = 'hybridslm'   # `quant_method` of the `quantization_config` written into config.json
+
+def _refusal(where='') -> str:
+    return (f"{where or 'this folder'} holds a hybridslm quantized checkpoint (torchao weights split into plain tensors, int4 "
+            f"nibble-packed); transformers' from_pretrained cannot rebuild them and would leave random projections. "
+            f"Load it with hybridslm.quantize.load_quantized(path).")
+
+def _register_with_transformers():
+    "Make `from_pretrained` raise `_refusal()` on our folders (done once, when this module is imported)."
+    from transformers.quantizers.auto import (AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING,
+                                              register_quantization_config, register_quantizer)
+    from transformers.quantizers.base import HfQuantizer
+    from transformers.utils.quantization_config import QuantizationConfigMixin
+    if QUANT_METHOD in AUTO_QUANTIZATION_CONFIG_MAPPING: return
+    class HybridSLMQuantizedConfig(QuantizationConfigMixin):
+        def __init__(self, **kw): self.quant_method = QUANT_METHOD; self.__dict__.update(kw)
+        def to_dict(self): return dict(self.__dict__)
+    class HybridSLMRefusingQuantizer(HfQuantizer):
+        is_serializable = is_trainable = False
+        def __init__(self, *a, **kw): raise ValueError(_refusal())
+    register_quantization_config(QUANT_METHOD)(HybridSLMQuantizedConfig)
+    if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING: register_quantizer(QUANT_METHOD)(HybridSLMRefusingQuantizer)
+
+_register_with_transformers()
+
+def _guard_key(model) -> str: return sorted(target_linears(model))[0] + '.weight'
+
 def save_quantized(model: HybridForCausalLM, out_dir, tokenizer=None) -> Path:
     "Write a quantized model as config + safetensors (int4 nibble-packed). Returns the directory."
     from safetensors.torch import save_file
@@ -115,8 +159,15 @@ def save_quantized(model: HybridForCausalLM, out_dir, tokenizer=None) -> Path:
         if q['scheme'] == 'int4' and k.endswith('_qdata') and v.dtype == torch.int8 and v.shape[-1] % 2 == 0:
             tensors[k] = _pack_int4(v).contiguous(); packed.append(k)
     meta['hybridslm_int4_packed'] = json.dumps(packed)
+    # A plain-named tensor of the wrong shape under a real weight's name: a loader that ignores the quantization
+    # (transformers without this module imported) stops at the size mismatch instead of using random weights.
+    guard = _guard_key(model)
+    tensors[guard] = torch.tensor(list(_refusal().encode()), dtype=torch.uint8)
+    meta['hybridslm_guard'] = guard
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / 'model.safetensors'), metadata=meta)
-    model.config.save_pretrained(out)
+    cfg = copy.deepcopy(model.config)
+    cfg.quantization_config = dict(quant_method=QUANT_METHOD, loader='hybridslm.quantize.load_quantized', **q)
+    cfg.save_pretrained(out)
     (out / 'quantization.json').write_text(json.dumps(q, indent=1))
     if tokenizer is not None: tokenizer.save_pretrained(out)
     return out
@@ -130,9 +181,11 @@ def load_quantized(path, device: str = 'cpu') -> HybridForCausalLM:
         raise FileNotFoundError(f"{p} has no quantization.json: not a directory written by save_quantized")
     q = json.loads((p / 'quantization.json').read_text())
     cfg = HybridConfig.from_pretrained(p)
+    if hasattr(cfg, 'quantization_config'): del cfg.quantization_config   # ours to rebuild, not transformers'
     with safe_open(str(p / 'model.safetensors'), 'pt', device=str(device)) as f:
         meta = dict(f.metadata())
         tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if 'hybridslm_guard' in meta: tensors.pop(meta.pop('hybridslm_guard'), None)
     for k in json.loads(meta.pop('hybridslm_int4_packed', '[]')): tensors[k] = _unpack_int4(tensors[k])
     sd, leftover = unflatten_tensor_state_dict(tensors, meta)
     if leftover: raise ValueError(f"{p}/model.safetensors has tensors without metadata: {list(leftover)[:5]}")

@@ -23,9 +23,10 @@ _logging.getLogger('torch.utils._pytree').addFilter(_DropImportNoise('is an Enum
 from .config import HybridConfig
 from .model import HybridForCausalLM
 from .mamba2 import Mamba2Mixer
+from . import quantize as _quantize   # registers the refusal of plain from_pretrained on a save_quantized folder (41_quantize)
 
 # %% ../nbs/09_api.ipynb #4042d76f
-_LAZY_SUBMODULES = ('ablate', 'ablate_fast', 'synthetic', 'generate', 'fastdecode', 'tokenizer', 'lora', 'quantize',
+_LAZY_SUBMODULES = ('ablate', 'ablate_fast', 'synthetic', 'generate', 'fastdecode', 'tokenizer', 'lora',
                     'onnx_export', 'train', 'data', 'eval', 'serve')
 
 def __getattr__(name: str):

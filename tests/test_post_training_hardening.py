@@ -39,19 +39,25 @@ def test_from_pretrained_on_quantized_folder_is_loud_in_process(tmp_path, scheme
     x = torch.randint(0, 512, (1, 12))
     with torch.no_grad(): assert torch.equal(load_quantized(d)(x).logits, qm(x).logits)   # the right loader still works
 
-def test_from_pretrained_on_quantized_folder_is_loud_without_quantize_imported(tmp_path):
-    "A fresh process that only imports the model (not hybridslm.quantize) must not get random weights either."
+@pytest.mark.parametrize('how', ['import hybridslm', 'trust_remote_code', 'ignore_mismatched_sizes'])
+def test_from_pretrained_on_quantized_folder_is_loud_in_a_fresh_process(tmp_path, how):
+    """A fresh process never gets random weights: `import hybridslm` registers the refusal (even with
+    ignore_mismatched_sizes, which would skip the guard tensor's size check), and a process that never imports the
+    package reaches it through the checkpoint's auto_map (trust_remote_code)."""
     d = save_quantized(quantize_model(tiny(), 'int8'), tmp_path / 'q')
+    load = {'import hybridslm': f"import hybridslm; AutoModelForCausalLM.from_pretrained({str(d)!r})",
+            'trust_remote_code': f"AutoModelForCausalLM.from_pretrained({str(d)!r}, trust_remote_code=True)",
+            'ignore_mismatched_sizes': f"import hybridslm; AutoModelForCausalLM.from_pretrained({str(d)!r}, ignore_mismatched_sizes=True)"}[how]
     code = textwrap.dedent(f"""
-        import hybridslm, sys
+        import sys
         from transformers import AutoModelForCausalLM
-        assert 'hybridslm.quantize' not in sys.modules
-        try: AutoModelForCausalLM.from_pretrained({str(d)!r})
-        except Exception as e: print('RAISED', type(e).__name__); sys.exit(0)
+        try: {load}
+        except Exception as e: print('RAISED', type(e).__name__, str(e)[-200:]); sys.exit(0)
         print('LOADED'); sys.exit(1)""")
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1')
-    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert r.returncode == 0 and 'RAISED' in r.stdout, r.stdout + r.stderr[-2000:]
+    if how != 'trust_remote_code': assert 'load_quantized' in r.stdout, r.stdout
 
 def test_load_quantized_reads_folders_written_without_the_refusal(tmp_path):
     "Folders saved before config.json had a quantization_config and the file a guard tensor still load."

@@ -24,33 +24,41 @@ class _Graph(nn.Module):
     def __init__(self, model: HybridForCausalLM):
         super().__init__()
         self.lm = model
-    def _run(self, input_ids, pos, states=None):
+    def _run(self, input_ids, pos, attn_mask, states=None, mamba_mask=None):
         "The model's block loop with the layers' functional forms: a prefill from empty states, or one step from `states`."
         def mix(i, blk, x):
             a = blk.mixer
             if blk.kind == 'M':
-                return a.prefill(x, pad_to_chunk=True) if states is None else a.step(x, states[2 * i:2 * i + 2])
+                return (a.prefill(x, mask=mamba_mask, pad_to_chunk=True) if states is None
+                        else a.step(x, states[2 * i:2 * i + 2]))
             q, k, v = a.qkv(x, pos)
             if states is not None: k, v = torch.cat([states[2 * i], k], 2), torch.cat([states[2 * i + 1], v], 2)
-            return a.attend(q, k, v, causal=states is None, traceable=True), (k, v)
+            return a.attend(q, k, v, mask=attn_mask, causal=False, traceable=True), (k, v)
         logits, st = self.lm.run_stack(input_ids, mix)
         return (logits, *(t for s in st for t in s))
 
 class PrefillGraph(_Graph):
-    "input_ids `(B, L)` -> logits `(B, L, V)` and the states after the prompt."
-    def forward(self, input_ids):
-        B, L = input_ids.shape
-        return self._run(input_ids, torch.arange(L, device=input_ids.device)[None].expand(B, L))
+    """input_ids `(B, L)`, attention_mask `(B, L)` (1 = token, 0 = left padding) -> logits `(B, L, V)` and the states
+    after the prompt. Padding is exact: positions count real tokens only, attention never sees a padded key (a padded
+    query sees itself, so no row is empty), and a padded token leaves the Mamba conv and SSM states untouched."""
+    def forward(self, input_ids, attention_mask):
+        L = input_ids.shape[1]
+        keep = attention_mask.bool()
+        pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        ar = torch.arange(L, device=input_ids.device)
+        causal = ar[None, :] <= ar[:, None]
+        m = (causal[None, None] & keep[:, None, None, :]) | (ar[None, :] == ar[:, None])[None, None]
+        return self._run(input_ids, pos, m, mamba_mask=attention_mask)
 
 class DecodeGraph(_Graph):
-    "input_ids `(B, 1)` + states -> logits `(B, 1, V)` + new states (attention KV grows by one position)."
-    def __init__(self, model):
-        super().__init__(model)
-        self.attn_layer = next((i for i, t in enumerate(model.config.layer_pattern) if t == 'A'), None)
-    def forward(self, input_ids, *states):
-        B = input_ids.shape[0]
-        past = states[2 * self.attn_layer].shape[2] if self.attn_layer is not None else 0
-        return self._run(input_ids, torch.full((B, 1), past, dtype=torch.long, device=input_ids.device), states)
+    """input_ids `(B, 1)`, attention_mask `(B, past + 1)` (the prompt's mask, then ones) + states -> logits `(B, 1, V)`
+    + new states (attention KV grows by one position)."""
+    def forward(self, input_ids, attention_mask, *states):
+        T = attention_mask.shape[1]
+        pos = attention_mask.long().sum(-1, keepdim=True) - 1
+        m = attention_mask.bool()[:, None, None, :] | (torch.arange(T, device=input_ids.device) == T - 1)[None, None, None, :]
+        return self._run(input_ids, pos, m, states)
+
 
 # %% ../nbs/42_onnx.ipynb #039b4684
 SUPPORTED_OPSETS = tuple(range(18, 24))
@@ -79,16 +87,17 @@ def export_onnx(model: HybridForCausalLM, out_dir, opset: int = 18, verbose: boo
     names = state_names(cfg)
     kw = dict(dynamo=True, opset_version=opset, verbose=verbose, report=False, optimize=True)
     ids = torch.randint(0, cfg.vocab_size, (2, 3 * cfg.chunk_size // 2 + 1))
-    B, T = Dim.DYNAMIC, Dim.DYNAMIC
+    mask = torch.ones_like(ids); mask[1, :3] = 0                          # a left-padded row among the examples
+    B, T, T1 = Dim.DYNAMIC, Dim.DYNAMIC, Dim.DYNAMIC
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        torch.onnx.export(PrefillGraph(model), (ids,), str(out / 'prefill.onnx'), input_names=['input_ids'],
-                          output_names=['logits'] + names, dynamic_shapes={'input_ids': {0: B, 1: T}}, **kw)
-        states = PrefillGraph(model)(ids)[1:]
+        torch.onnx.export(PrefillGraph(model), (ids, mask), str(out / 'prefill.onnx'), input_names=['input_ids', 'attention_mask'],
+                          output_names=['logits'] + names, dynamic_shapes={'input_ids': {0: B, 1: T}, 'attention_mask': {0: B, 1: T}}, **kw)
+        states = PrefillGraph(model)(ids, mask)[1:]
         dyn = [{0: B, 2: T} if n.endswith(('.k', '.v')) else {0: B} for n in names]
-        torch.onnx.export(DecodeGraph(model), (ids[:, :1], *states), str(out / 'decode.onnx'),
-                          input_names=['input_ids'] + names, output_names=['logits'] + [f'new.{n}' for n in names],
-                          dynamic_shapes=({0: B}, tuple(dyn)), **kw)
+        torch.onnx.export(DecodeGraph(model), (ids[:, :1], torch.cat([mask, torch.ones_like(mask[:, :1])], 1), *states),
+                          str(out / 'decode.onnx'), input_names=['input_ids', 'attention_mask'] + names,
+                          output_names=['logits'] + [f'new.{n}' for n in names], dynamic_shapes=({0: B}, {0: B, 1: T1}, tuple(dyn)), **kw)
     meta = dict(opset=opset, state_names=names, layer_pattern=cfg.layer_pattern, vocab_size=cfg.vocab_size,
                 eos_token_id=cfg.eos_token_id)
     (out / 'onnx_meta.json').write_text(json.dumps(meta, indent=1))
@@ -108,28 +117,65 @@ class OnnxHybridLM:
         self.prefill_sess, self.decode_sess = mk('prefill.onnx'), mk('decode.onnx')
         self.names = self.meta['state_names']
 
-    def prefill(self, input_ids):
-        "-> logits `(B, L, V)`, list of states (numpy)."
-        out = self.prefill_sess.run(None, {'input_ids': np.asarray(input_ids, dtype=np.int64)})
+    def _ids(self, x, name: str = 'input_ids') -> np.ndarray:
+        "Token ids as int64, checked: integers in [0, vocab_size)."
+        a = np.asarray(x)
+        if a.dtype.kind not in 'iu': raise TypeError(f"{name} must be integer token ids, got dtype {a.dtype}")
+        V = self.meta['vocab_size']
+        if a.size and (a.min() < 0 or a.max() >= V): raise ValueError(f"{name} must be in [0, {V}), got [{a.min()}, {a.max()}]")
+        return a.astype(np.int64)
+
+    def _mask(self, m, shape) -> np.ndarray:
+        if m is None: return np.ones(shape, np.int64)
+        m = np.asarray(m)
+        if m.shape != tuple(shape): raise ValueError(f"attention_mask has shape {m.shape}, expected {tuple(shape)}")
+        if not np.isin(m, (0, 1)).all(): raise ValueError("attention_mask must hold 0 (padding) and 1 (token) only")
+        return m.astype(np.int64)
+
+    def _run(self, sess, feed):
+        "Run `sess` on the inputs it declares; an export without `attention_mask` only takes unpadded batches."
+        names = {i.name for i in sess.get_inputs()}
+        if 'attention_mask' not in names and not feed['attention_mask'].all():
+            raise ValueError("these ONNX graphs were exported without attention_mask (an older export_onnx): "
+                             "padded batches need a re-export")
+        return sess.run(None, {k: v for k, v in feed.items() if k in names})
+
+    def _past(self, states) -> int:
+        kv = [s for n, s in zip(self.names, states) if n.endswith('.k')]
+        return kv[0].shape[2] if kv else 0
+
+    def prefill(self, input_ids, attention_mask=None):
+        "-> logits `(B, L, V)`, list of states (numpy). `attention_mask` `(B, L)`: 0 at left padding (default: none)."
+        ids = self._ids(input_ids)
+        if ids.ndim != 2: raise ValueError(f"input_ids must be (batch, length), got shape {ids.shape}")
+        out = self._run(self.prefill_sess, {'input_ids': ids, 'attention_mask': self._mask(attention_mask, ids.shape)})
         return out[0], out[1:]
 
-    def step(self, token, states):
-        feed = {'input_ids': np.asarray(token, dtype=np.int64).reshape(-1, 1), **dict(zip(self.names, states))}
-        out = self.decode_sess.run(None, feed)
+    def step(self, token, states, attention_mask=None):
+        "One token per row -> logits `(B, 1, V)`, new states. `attention_mask` `(B, past + 1)` (default: all ones)."
+        tok = self._ids(token, 'token').reshape(-1, 1)
+        mask = self._mask(attention_mask, (len(tok), self._past(states) + 1))
+        out = self._run(self.decode_sess, {'input_ids': tok, 'attention_mask': mask, **dict(zip(self.names, states))})
         return out[0], out[1:]
 
-    def generate(self, input_ids, max_new_tokens: int = 50, eos_token_id: int | None = None) -> np.ndarray:
-        "Greedy decoding; returns prompt + new tokens `(B, L + n)`."
-        ids = np.asarray(input_ids, dtype=np.int64)
-        logits, states = self.prefill(ids)
+    def generate(self, input_ids, max_new_tokens: int = 50, eos_token_id: int | None = None, attention_mask=None) -> np.ndarray:
+        """Greedy decoding; returns prompt + new tokens `(B, L + n)`. Prompts of different lengths are left-padded,
+        with `attention_mask` 0 at the padding (as `transformers` tokenizers do with `padding_side='left'`)."""
+        ids = self._ids(input_ids)
+        mask = self._mask(attention_mask, ids.shape)
+        if (np.diff(mask, axis=1) < 0).any() or not mask[:, -1].all():
+            raise ValueError("attention_mask: pad on the left (zeros before the tokens, every row ending in a token)")
+        logits, states = self.prefill(ids, mask)
         new, done = [], np.zeros(len(ids), bool)
         for _ in range(max_new_tokens):
             tok = logits[:, -1].argmax(-1)
             if eos_token_id is not None: tok = np.where(done, eos_token_id, tok); done |= tok == eos_token_id
             new.append(tok)
             if eos_token_id is not None and done.all(): break
-            logits, states = self.step(tok, states)
+            mask = np.concatenate([mask, np.ones((len(ids), 1), np.int64)], 1)
+            logits, states = self.step(tok, states, mask)
         return np.concatenate([ids, np.stack(new, 1)], 1)
+
 
 # %% ../nbs/42_onnx.ipynb #51c871a6
 def compare_with_torch(model: HybridForCausalLM, onnx_lm: OnnxHybridLM, shapes=((1, 5), (3, 19), (2, 64)),
@@ -141,7 +187,7 @@ def compare_with_torch(model: HybridForCausalLM, onnx_lm: OnnxHybridLM, shapes=(
         ids = torch.randint(0, model.config.vocab_size, (b, l + n_decode), generator=g)
         with torch.no_grad():
             ref = model(ids).logits.numpy()
-            tout = PrefillGraph(model)(ids[:, :l])
+            tout = PrefillGraph(model)(ids[:, :l], torch.ones_like(ids[:, :l]))
         lg, st = onnx_lm.prefill(ids[:, :l].numpy())
         d_pre = float(np.abs(lg - ref[:, :l]).max())
         d_state = max(float(np.abs(a - t.numpy()).max()) for a, t in zip(st, tout[1:]))

@@ -12,8 +12,8 @@ from .config import HybridConfig
 from .model import HybridForCausalLM
 
 # %% auto #0
-__all__ = ['SUPPORTED_OPSETS', 'state_names', 'PrefillGraph', 'DecodeGraph', 'export_onnx', 'OnnxHybridLM', 'compare_with_torch',
-           'bench_generate']
+__all__ = ['SUPPORTED_OPSETS', 'WEIGHTS_FILE', 'state_names', 'PrefillGraph', 'DecodeGraph', 'share_weights', 'export_onnx',
+           'OnnxHybridLM', 'compare_with_torch', 'bench_generate']
 
 # %% ../nbs/42_onnx.ipynb #9c9fd6fd
 def state_names(config: HybridConfig) -> list[str]:
@@ -68,6 +68,37 @@ def _check_opset(opset):
         raise ValueError(f"unsupported ONNX opset {opset!r}: the dynamo exporter of this model needs an opset in "
                          f"{SUPPORTED_OPSETS[0]}..{SUPPORTED_OPSETS[-1]}")
 
+WEIGHTS_FILE = 'weights.onnx.data'
+
+def share_weights(out_dir, files=('prefill.onnx', 'decode.onnx'), data_name: str = WEIGHTS_FILE, min_bytes: int = 1024) -> dict:
+    """Store the initializers of several ONNX graphs in ONE external-data file: a tensor that two graphs hold with the
+    same dtype, shape and bytes is written once and both graphs point at it (offset, length). Tensors under
+    `min_bytes` stay inside their graph. Replaces each graph's own `<graph>.data`; returns byte counts."""
+    import onnx, hashlib
+    out = Path(out_dir)
+    models = {f: onnx.load(str(out / f), load_external_data=True) for f in files}
+    where, pos, stored, referenced = {}, 0, 0, 0
+    tmp = out / (data_name + '.tmp')
+    with open(tmp, 'wb') as fh:
+        for mdl in models.values():
+            for t in mdl.graph.initializer:
+                raw = t.raw_data
+                if len(raw) < min_bytes: continue
+                key = (t.data_type, tuple(t.dims), hashlib.sha1(raw).digest())
+                if key not in where:
+                    pad = (-pos) % 4096; fh.write(b'\0' * pad); pos += pad      # page-aligned, as onnx's own writer does
+                    fh.write(raw); where[key] = (pos, len(raw)); pos += len(raw); stored += len(raw)
+                off, n = where[key]; referenced += n
+                t.ClearField('raw_data'); t.data_location = onnx.TensorProto.EXTERNAL
+                del t.external_data[:]
+                for k, v in (('location', data_name), ('offset', str(off)), ('length', str(n))):
+                    e = t.external_data.add(); e.key, e.value = k, v
+    tmp.replace(out / data_name)
+    for f, mdl in models.items():
+        onnx.save(mdl, str(out / f))                          # the tensors are already external: the graph alone
+        (out / (f + '.data')).unlink(missing_ok=True)
+    return dict(stored_bytes=stored, referenced_bytes=referenced)
+
 def export_onnx(model: HybridForCausalLM, out_dir, opset: int = 18, verbose: bool = False) -> dict:
     "Export `prefill.onnx` and `decode.onnx` (+ `onnx_meta.json`) to `out_dir`; returns the metadata."
     _check_opset(opset)
@@ -98,8 +129,9 @@ def export_onnx(model: HybridForCausalLM, out_dir, opset: int = 18, verbose: boo
         torch.onnx.export(DecodeGraph(model), (ids[:, :1], torch.cat([mask, torch.ones_like(mask[:, :1])], 1), *states),
                           str(out / 'decode.onnx'), input_names=['input_ids', 'attention_mask'] + names,
                           output_names=['logits'] + [f'new.{n}' for n in names], dynamic_shapes=({0: B}, {0: B, 1: T1}, tuple(dyn)), **kw)
+    shared = share_weights(out)                               # one copy of the weights for both graphs
     meta = dict(opset=opset, state_names=names, layer_pattern=cfg.layer_pattern, vocab_size=cfg.vocab_size,
-                eos_token_id=cfg.eos_token_id)
+                eos_token_id=cfg.eos_token_id, weights=WEIGHTS_FILE, **shared)
     (out / 'onnx_meta.json').write_text(json.dumps(meta, indent=1))
     return meta
 

@@ -23,7 +23,7 @@ from .engine import Engine, PrefixCache, Request, SamplingParams
 __all__ = ['MAX_DEPTH', 'MAX_LOGPROBS', 'APIError', 'StreamOptions', 'CompletionRequest', 'ChatMessage', 'ChatRequest',
            'check_json', 'read_json', 'parse_json', 'validate', 'encode_text', 'chat_prompt', 'EngineCollector',
            'Metrics', 'completion_logprobs', 'create_app', 'load_engine', 'app_from_env', 'TimedH11Protocol',
-           'uvicorn_config']
+           'uvicorn_config', 'serve_in_thread']
 
 # %% ../../nbs/51_serve.server.ipynb #ebd02413
 class APIError(Exception):
@@ -718,3 +718,28 @@ def uvicorn_config(app, host: str = '127.0.0.1', port: int = 8000, header_timeou
                  dict(header_timeout=header_timeout, body_timeout=body_timeout + 1))   # +1: the app answers 408 first
     return uvicorn.Config(app, host=host, port=port, http=proto, timeout_keep_alive=timeout_keep_alive,
                           timeout_graceful_shutdown=timeout_graceful_shutdown, limit_concurrency=limit_concurrency, **kw)
+
+# %% ../../nbs/51_serve.server.ipynb #5e1a0b23
+import contextlib
+
+@contextlib.contextmanager
+def serve_in_thread(engine: Engine, model_name: str = 'hybridslm', host: str = '127.0.0.1', port: int = 0,
+                    start_timeout: float = 30.0, **app_kw):
+    """The OpenAI-compatible app over `engine` on a uvicorn server in a background thread of this process (a free
+    port when `port=0`); yields its base URL. For scoring a model through its API from a notebook or a script, e.g.
+    lm-eval's `local-completions` backend; the server stops (and the engine with it) when the block ends."""
+    import socket, threading, uvicorn
+    if not port:
+        with socket.socket() as s: s.bind((host, 0)); port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn_config(create_app(engine, model_name=model_name, **app_kw), host=host, port=port,
+                                           log_level='warning'))
+    thread = threading.Thread(target=server.run, daemon=True, name=f'hybridslm-serve-{port}')
+    thread.start()
+    t0 = time.time()
+    while not server.started:
+        if not thread.is_alive() or time.time() - t0 > start_timeout:
+            server.should_exit = True; raise RuntimeError(f"the server on {host}:{port} did not start")
+        time.sleep(0.05)
+    try: yield f'http://{host}:{port}'
+    finally:
+        server.should_exit = True; thread.join(start_timeout)

@@ -80,7 +80,7 @@ def test_unknown_parameter_and_bad_patterns_fail(tmp_path, capsys):
     assert "'Mamba', 'seed'" in err and 'roadmap' in err
     assert drv.main(['--task', 'lm', '--print-commands', '--patterns', 'mamba,1in8', '--seeds', '0,1']) == 0
     cmds = capsys.readouterr().out.splitlines()
-    assert len(cmds) == 4 and all('papermill' in c for c in cmds) and 'mamba_s1' in cmds[1]
+    assert len(cmds) == 4 and all('papermill' in c for c in cmds) and '1in8_s0' in cmds[1] and 'mamba_s1' in cmds[2]   # seed-major
 
 def test_mqar_sweep_driver(tmp_path, capsys):
     "The driver's grid: runs as separate processes, resumable, aggregated, with the report notebook."

@@ -77,7 +77,7 @@ CASES = [  # (id, method, path, body: dict | bytes | None, extra headers, status
     ('stop list too long', 'POST', C, {**c, 'stop': [str(i) for i in range(17)]}, {}, 400, 'stop'),
     ('stop string too long', 'POST', C, {**c, 'stop': 'x' * 5000}, {}, 400, 'stop'),
     ('stop of numbers', 'POST', C, {**c, 'stop': [1, 2]}, {}, 400, 'stop'),
-    ('logprobs requested', 'POST', C, {**c, 'logprobs': 5}, {}, 400, 'logprobs'),
+    ('logprobs with stream', 'POST', C, {**c, 'logprobs': 5, 'stream': True}, {}, 400, 'logprobs'),
     ('logprobs out of range', 'POST', C, {**c, 'logprobs': 10**6}, {}, 400, 'logprobs'),
     ('top_logprobs set', 'POST', CH, {**ch, 'logprobs': True, 'top_logprobs': 30}, {}, 400, 'logprobs'),
     ('json_object format', 'POST', CH, {**ch, 'response_format': {'type': 'json_object'}}, {}, 400, 'response_format'),

@@ -2,7 +2,7 @@
 the same-process peer table). One JSON line per case on stdout and in `<out>/levers.jsonl`; a case that fails or
 does not fit is recorded with its error, and the next one runs.
 
-    python experiments/bench_levers.py --out /tmp/levers [--cases compiled_mb4,liger_mb4,...] [--budget-s 540]
+    python experiments/bench_levers.py --out /tmp/levers [--cases compiled_mb4,liger_mb4,...] [--budget-s SECONDS]
 
 Cases (1.3b preset, sequence 2048, bf16 autocast, fp32 master weights, fused AdamW, `compile_blocks` unless named):
   compiled_mb4      the baseline of this script (= bench_gpu's hybridslm_compiled)
@@ -42,7 +42,7 @@ ap.add_argument('--cases', default='compiled_mb4,liger_mb4,compiled_mb8,accum4_m
 ap.add_argument('--preset', default='1.3b')
 ap.add_argument('--seq', type=int, default=2048)
 ap.add_argument('--iters', type=int, default=8)
-ap.add_argument('--budget-s', type=float, default=540)
+ap.add_argument("--budget-s", type=float, default=3600)
 ap.add_argument('--model-overrides', default='{}', help='JSON HybridConfig overrides (the CPU smoke run shrinks the model)')
 args = ap.parse_args()
 DEV = 'cuda' if torch.cuda.is_available() else 'cpu'       # CPU: a smoke run of this script's plumbing only

@@ -30,7 +30,7 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 WANDB_MO
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/torch_extensions}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1   # never NVLink multicast
 export TRITON_CACHE_AUTOTUNING=1   # keep Triton's autotune choices on disk: only the first process pays the ~30 s/step
-START=$(date +%s); BUDGET=${RUN2GPU_BUDGET_S:-900}   # whole-script budget; each run gets min(300 s, what is left)
+START=$(date +%s); BUDGET=${RUN2GPU_BUDGET_S:-3600}   # whole-script budget; each run gets min(900 s, what is left)
 nvidia-smi -L 2>/dev/null || echo "no nvidia-smi (CPU dry run?)"
 python3 -c "import torch, deepspeed, transformers, papermill; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__, 'transformers', transformers.__version__, 'papermill', papermill.__version__, 'gpus', torch.cuda.device_count())" || exit 1
 
@@ -40,7 +40,7 @@ COMMON=(-k python3 -p preset 125m -p seq_len 2048 -p micro_batch 4 -p grad_accum
 read -r -a EXTRA <<< "${RUN2GPU_EXTRA:-}"   # CPU dry run of this script: tiny overrides
 run() {  # name, extra papermill args...
   local name=$1; shift
-  local t=$(( BUDGET - ($(date +%s) - START) - 20 )); [ "$t" -gt 300 ] && t=300
+  local t=$(( BUDGET - ($(date +%s) - START) - 20 )); [ "$t" -gt 900 ] && t=900
   [ "$t" -gt 30 ] || { echo "=== $name skipped: ${t}s left of the ${BUDGET}s budget"; return; }
   echo "=== $name: $* ($(date -u +%T))"; mkdir -p "$DEST/$name"
   timeout "$t" papermill experiments/train.ipynb "$DEST/$name/train.ipynb" "${COMMON[@]}" -p run_name "$name" \

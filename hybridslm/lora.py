@@ -13,9 +13,9 @@ from .model import HybridForCausalLM
 
 # %% auto #0
 __all__ = ['LORA_TARGETS', 'ADAPTER_WEIGHTS', 'check_lora_targets', 'expected_lora_modules', 'lora_config', 'verify_lora',
-           'check_plain_float_model', 'apply_lora', 'alpaca_to_messages', 'load_instructions', 'tokenize_chat',
-           'pack_examples', 'assistant_loss', 'train_lora', 'chat', 'merge_lora', 'base_fingerprint', 'save_adapter',
-           'check_adapter_base', 'load_adapter']
+           'is_lora_wrapped', 'check_plain_float_model', 'apply_lora', 'alpaca_to_messages', 'load_instructions',
+           'tokenize_chat', 'pack_examples', 'assistant_loss', 'train_lora', 'chat', 'merge_lora', 'base_fingerprint',
+           'save_adapter', 'check_adapter_base', 'load_adapter']
 
 # %% ../nbs/40_lora.ipynb #6ec80ed6
 LORA_TARGETS = {'A': ('q_proj', 'k_proj', 'v_proj', 'o_proj'), 'M': ('in_proj', 'out_proj'),
@@ -71,15 +71,22 @@ def verify_lora(peft_model, targets: dict = LORA_TARGETS) -> dict[str, int]:
     if problems: raise RuntimeError("LoRA did not land where intended: " + '; '.join(problems))
     return {k: len(v) for k, v in exp.items()}
 
+def is_lora_wrapped(model) -> bool:
+    "Whether `model` is a peft model or carries peft adapter layers (False where peft is not installed)."
+    try:
+        from peft import PeftModel
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError: return False
+    return isinstance(model, PeftModel) or any(isinstance(m, BaseTunerLayer) for m in model.modules())
+
 def check_plain_float_model(model, what: str) -> None:
     "Raise a ValueError if `model` is not a plain float `HybridForCausalLM`: already LoRA-wrapped, or quantized."
-    from peft import PeftModel
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    if isinstance(model, PeftModel) or any(isinstance(m, BaseTunerLayer) for m in model.modules()):
+    from hybridslm.quantize import quantized_weights
+    if is_lora_wrapped(model):
         raise ValueError(f"{what}: the model is already wrapped with a LoRA adapter; use it as it is, or fold the "
                          f"adapter in first with merge_lora (peft's merge_and_unload)")
     if not isinstance(model, HybridForCausalLM): raise TypeError(f"{what}: expected a HybridForCausalLM, got {type(model).__name__}")
-    q = [n for n, p in model.named_parameters() if type(p) not in (torch.Tensor, torch.nn.Parameter)]
+    q = quantized_weights(model)
     if q:   # judged by the weights, not config.quantization (a config object can be shared with a quantized copy)
         raise ValueError(f"{what} needs float weights, but the model is quantized (e.g. {q[0]}); "
                          f"use the float model (LoRA first, merge_lora, then quantize)")

@@ -102,12 +102,13 @@ def share_weights(out_dir, files=('prefill.onnx', 'decode.onnx'), data_name: str
 def export_onnx(model: HybridForCausalLM, out_dir, opset: int = 18, verbose: bool = False) -> dict:
     "Export `prefill.onnx` and `decode.onnx` (+ `onnx_meta.json`) to `out_dir`; returns the metadata."
     _check_opset(opset)
-    from hybridslm.quantize import is_quantized
-    if hasattr(model, 'peft_config') or hasattr(model, 'merge_and_unload'):
+    from hybridslm.quantize import quantized_weights
+    from hybridslm.lora import is_lora_wrapped
+    if is_lora_wrapped(model):
         raise ValueError("export_onnx got a LoRA-wrapped (peft) model: merge the adapter first "
                          "(hybridslm.lora.merge_lora, i.e. peft's merge_and_unload) and export the merged model")
     if not isinstance(model, HybridForCausalLM): raise TypeError(f"export_onnx exports a HybridForCausalLM, got {type(model).__name__}")
-    if any(is_quantized(p) for p in model.parameters()):
+    if quantized_weights(model):
         raise ValueError("export_onnx got a quantized model: ONNX export needs float weights; export the float32 "
                          "model the quantized one was made from")
     if model.dtype != torch.float32: raise ValueError(f"export a float32 model (got {model.dtype}); call model.float()")

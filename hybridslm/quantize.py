@@ -13,8 +13,8 @@ from .train.optim import SSM_FP32_PARAMS, cast_keep_ssm_fp32
 
 # %% auto #0
 __all__ = ['QUANT_TARGETS', 'SCHEMES', 'QUANT_METHOD', 'target_linears', 'check_layout', 'torchao_config', 'is_quantized',
-           'assert_high_precision', 'check_quantizable', 'quantize_model', 'to_bf16', 'tensor_nbytes', 'model_nbytes',
-           'save_quantized', 'load_quantized', 'perplexity']
+           'assert_high_precision', 'quantized_weights', 'check_quantizable', 'quantize_model', 'to_bf16',
+           'tensor_nbytes', 'model_nbytes', 'save_quantized', 'load_quantized', 'perplexity']
 
 # %% ../nbs/41_quantize.ipynb #df502b39
 QUANT_TARGETS = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'in_proj', 'out_proj', 'gate_proj', 'up_proj', 'down_proj')
@@ -59,16 +59,17 @@ def assert_high_precision(model: nn.Module):
         assert not is_quantized(p) and p.is_floating_point(), f"{n} was quantized ({type(p).__name__}, {p.dtype})"
         if n.rsplit('.', 1)[-1] in SSM_FP32_PARAMS: assert p.dtype == torch.float32, f"{n} is {p.dtype}, expected float32"
 
+def quantized_weights(model: nn.Module) -> list[str]:
+    "Names of the parameters that are quantized tensors (judged by the weights, not by the config)."
+    return [n for n, p in model.named_parameters() if is_quantized(p)]
+
 def check_quantizable(model: nn.Module):
     "Raise a ValueError if `model` is LoRA-wrapped (merge first) or already quantized (quantize the float model)."
-    try:
-        from peft import PeftModel
-        from peft.tuners.tuners_utils import BaseTunerLayer
-        if isinstance(model, PeftModel) or any(isinstance(m, BaseTunerLayer) for m in model.modules()):
-            raise ValueError("the model carries a LoRA adapter: merge it first (hybridslm.lora.merge_lora, i.e. peft's "
-                             "merge_and_unload), then quantize the merged model")
-    except ImportError: pass
-    done = [n for n, p in model.named_parameters() if is_quantized(p)]
+    from hybridslm.lora import is_lora_wrapped
+    if is_lora_wrapped(model):
+        raise ValueError("the model carries a LoRA adapter: merge it first (hybridslm.lora.merge_lora, i.e. peft's "
+                         "merge_and_unload), then quantize the merged model")
+    done = quantized_weights(model)
     if done: raise ValueError(f"the model is already quantized ({len(done)} weights, e.g. {done[0]} is "
                               f"{type(dict(model.named_parameters())[done[0]]).__name__}); quantize the float model instead")
 
@@ -91,7 +92,7 @@ def quantize_model(model: HybridForCausalLM, scheme: str = 'int8', group_size: i
 
 def to_bf16(model: nn.Module) -> nn.Module:
     "bfloat16 weights, but `A_log, D, dt_bias` kept float32 (the mamba_ssm habit)."
-    q = [n for n, p in model.named_parameters() if is_quantized(p)]
+    q = quantized_weights(model)
     if q: raise ValueError(f"to_bf16 needs float weights, but the model is quantized (e.g. {q[0]}); cast the float model "
                            f"first, then quantize")
     return cast_keep_ssm_fp32(model, torch.bfloat16)

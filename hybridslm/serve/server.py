@@ -339,12 +339,14 @@ def completion_logprobs(model, tok, prompt_ids: list[int], out_ids: list[int], p
         out['top_logprobs'].append(alts)
     return full, out
 
+def _too_long(r: _Common, longest: int, max_context: int) -> APIError:
+    return APIError(400, f"prompt is {longest} tokens, this model's maximum context length is {max_context} tokens",
+                    param='prompt' if isinstance(r, CompletionRequest) else 'messages', code='context_length_exceeded')
+
 def _sampling(r: _Common, prompt_lens: list[int], max_context: int, default_max: int | None,
               max_tokens: int | None, stop_token_ids=(), field: str = 'max_tokens') -> SamplingParams:
     longest = max(prompt_lens)
-    if longest >= max_context:
-        raise APIError(400, f"prompt is {longest} tokens, this model's maximum context length is {max_context} tokens",
-                       param='prompt' if isinstance(r, CompletionRequest) else 'messages', code='context_length_exceeded')
+    if longest >= max_context: raise _too_long(r, longest, max_context)
     if max_tokens is not None and max_tokens < 1:
         raise APIError(400, f"{field} must be >= 1" + (" (or 0 with echo=true)" if isinstance(r, CompletionRequest) else "")
                             + f", got {max_tokens}", param=field)
@@ -485,8 +487,12 @@ def create_app(engine: Engine, model_name: str = 'hybridslm', api_keys=(), max_b
 
     def with_logprobs(r, choices, parts):
         "Completions' `echo` / `logprobs`: each choice's text and logprobs from (prompt ids, generated ids, prompt text)."
+        scored = {}                                       # choices alike (n > 1, echo only) are scored once
         for c, (pids, oids, ptext) in zip(choices, parts):
-            c['text'], c['logprobs'] = completion_logprobs(engine.model, tok, pids, oids, ptext, c['text'], r.echo, r.logprobs)
+            key = (tuple(pids), tuple(oids), ptext, c['text'])
+            if key not in scored:
+                scored[key] = completion_logprobs(engine.model, tok, pids, oids, ptext, c['text'], r.echo, r.logprobs)
+            c['text'], c['logprobs'] = scored[key]
         return choices
 
     async def serve(request, endpoint, r: _Common, prompts, sp, points, chat: bool, texts=None):
@@ -563,9 +569,7 @@ def create_app(engine: Engine, model_name: str = 'hybridslm', api_keys=(), max_b
         prompts = await asyncio.to_thread(_completion_prompts, tok, r.prompt)      # off the event loop
         texts = _prompt_texts(tok, r.prompt, prompts) if r.echo or r.logprobs is not None else None
         if r.max_tokens == 0 and r.echo:                   # echo only: the prompt scored, nothing generated
-            if max(map(len, prompts)) > ctx:
-                raise APIError(400, f"prompt is {max(map(len, prompts))} tokens, this model's maximum context length is {ctx} tokens",
-                               param='prompt', code='context_length_exceeded')
+            if max(map(len, prompts)) > ctx: raise _too_long(r, max(map(len, prompts)), ctx)   # scored, not extended: ctx fits
             choices = [dict(index=i * r.n + j, text='', logprobs=None, finish_reason='length') for i in range(len(prompts)) for j in range(r.n)]
             choices = await asyncio.to_thread(with_logprobs, r, choices, [(prompts[c['index'] // r.n], [], texts[c['index'] // r.n]) for c in choices])
             m.requests.labels('/v1/completions', '200').inc()

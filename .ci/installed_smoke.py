@@ -11,7 +11,7 @@ repo = Path(__file__).resolve().parents[1]
 assert here.parent != (repo / 'hybridslm').resolve(), f"hybridslm imported from the checkout's source {here.parent}"
 
 import torch
-from hybridslm.tokenizer import CORPUS_DIR, load_tokenizer
+from hybridslm.data.tokenizer import CORPUS_DIR, load_tokenizer
 from hybridslm.eval.data import BENCHMARKS_DIR
 assert CORPUS_DIR.is_relative_to(here.parent) and sorted(CORPUS_DIR.glob('*.txt.gz')), f"no corpus in {CORPUS_DIR}"
 assert BENCHMARKS_DIR.is_relative_to(here.parent) and (BENCHMARKS_DIR / 'arc').is_dir(), f"no benchmarks in {BENCHMARKS_DIR}"

@@ -4,9 +4,9 @@ product-and-sum (now), eager and compiled, interleaved in one process (the demo 
     python experiments/ab_state_update.py
 """
 import time, torch, types
-from hybridslm.config import HybridConfig
-from hybridslm.mamba2 import Mamba2Mixer
-import hybridslm.mamba2 as M
+from hybridslm.model.config import HybridConfig
+from hybridslm.model.mamba2 import Mamba2Mixer
+import hybridslm.model.mamba2 as M
 torch.set_num_threads(2); torch.manual_seed(0)
 cfg = HybridConfig.from_preset('demo')
 mix = [b for b in __import__('hybridslm.model', fromlist=['x']).HybridForCausalLM(cfg).model.layers if b.kind == 'M'][0].mixer.to(torch.bfloat16).eval()

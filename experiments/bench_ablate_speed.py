@@ -28,12 +28,12 @@ import torch, torch.nn as nn, torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from hybridslm.config import HybridConfig, count_params
+from hybridslm.model.config import HybridConfig, count_params
 from hybridslm.model import HybridForCausalLM
-from hybridslm.mamba2 import load_mamba_kernels
+from hybridslm.model.mamba2 import load_mamba_kernels
 from hybridslm.train.graphs import GraphedTrainStep
-from hybridslm.synthetic import make_mqar, IGNORE
-from hybridslm.ablate_fast import QueryHeadLoss, query_index
+from hybridslm.research.synthetic import make_mqar, IGNORE
+from hybridslm.research.ablate_fast import QueryHeadLoss, query_index
 
 SHAPES = {
     'lm': dict(cfg=dict(vocab_size=8192, d_model=320, d_ff=1152, layer_pattern='MAMMAMMMMMAMMMAA', n_heads=8, n_kv_heads=4,

@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hybridslm.config import HybridConfig
+from hybridslm.model.config import HybridConfig
 from hybridslm.model import HybridForCausalLM, compile_blocks
-from hybridslm.fastdecode import StaticDecoder
+from hybridslm.model.fastdecode import StaticDecoder
 
 ap = argparse.ArgumentParser()
 ap.add_argument('--out', required=True)
@@ -77,10 +77,10 @@ def kernel_breakdown(prof_obj, steps=1):
 
 
 def train_case(name, mb, liger=False, ckpt=False, accum=1, fp8=False, conv_shifts=True, sdpa=None):
-    import hybridslm.mamba2
-    hybridslm.mamba2._CONV_AS_SHIFTS = conv_shifts
+    import hybridslm.model.mamba2
+    hybridslm.model.mamba2._CONV_AS_SHIFTS = conv_shifts
     try: return _train_case(name, mb, liger, ckpt, accum, fp8, sdpa)
-    finally: hybridslm.mamba2._CONV_AS_SHIFTS = True      # also after a failing case: the next one gets the default
+    finally: hybridslm.model.mamba2._CONV_AS_SHIFTS = True      # also after a failing case: the next one gets the default
 
 
 def _train_case(name, mb, liger, ckpt, accum, fp8, sdpa):
@@ -177,7 +177,7 @@ def top_kernels(prof_obj, steps=1, top=12):
 @torch.no_grad()
 def decode_case(scheme, B=1, prompt=128, gen=256, options={}, tag='', all_bf16=False):
     "Tokens/s of the compiled, graph-captured step with bf16 weights or weight-only int8/int4 (torchao); `options`: inductor's."
-    from hybridslm.quantize import to_bf16, quantize_model, model_nbytes
+    from hybridslm.post.quantize import to_bf16, quantize_model, model_nbytes
     torch.manual_seed(0)
     model = HybridForCausalLM(cfg).to(DEV)
     model = (model.to(torch.bfloat16) if all_bf16 else to_bf16(model)).eval()   # all_bf16: A_log, D, dt_bias too (as bench_gpu)

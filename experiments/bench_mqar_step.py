@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""Where the time of an MQAR grid run goes on one GPU, to plan (and speed up) the grid of `hybridslm.ablate_fast`.
+"""Where the time of an MQAR grid run goes on one GPU, to plan (and speed up) the grid of `hybridslm.research.ablate_fast`.
 
 Parts (`--parts`, comma-separated):
 
-* `steps`: steady-state training throughput of one grid run (`python -m hybridslm.ablate_fast`, the lean trainer)
+* `steps`: steady-state training throughput of one grid run (`python -m hybridslm.research.ablate_fast`, the lean trainer)
   per pattern, width, Mamba chunk size, with and without `torch.compile` (always with the whole step as a CUDA graph);
 * `profile`: the top CUDA kernels of a few eager training steps (torch profiler), per pattern; `cprofile`: the same
   with the loss module compiled, as the grid runs it (before the whole step is captured as a CUDA graph);
@@ -29,7 +29,7 @@ STEPS = [  # (pattern, d_model, chunk_size, compile)
 
 
 def spec(pattern, d_model, chunk, compile_, steps, seed=0):
-    from hybridslm.ablate_fast import protocol
+    from hybridslm.research.ablate_fast import protocol
     p = protocol('published', n_train=256 * 100, n_val_per_kv=200, n_test_per_kv=200, max_steps=steps,
                  compile=compile_, cuda_graphs=True)
     base = {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items() if k not in ('patterns', 'widths', 'lrs', 'seeds')}
@@ -38,7 +38,7 @@ def spec(pattern, d_model, chunk, compile_, steps, seed=0):
 
 
 def launch(s, out: Path, log: Path):
-    return subprocess.Popen([sys.executable, '-m', 'hybridslm.ablate_fast', '--spec', json.dumps(s), '--out', str(out),
+    return subprocess.Popen([sys.executable, '-m', 'hybridslm.research.ablate_fast', '--spec', json.dumps(s), '--out', str(out),
                              '--no-progress'], cwd=REPO, stdout=open(log, 'w'), stderr=subprocess.STDOUT)
 
 
@@ -72,9 +72,9 @@ def part_share(tmp: Path, steps: int, pattern='MMMM', d_model=128) -> list[dict]
 def part_profile(patterns=(('MMMM', 128), ('AAAA', 128)), compiled: bool = False) -> list[dict]:
     import torch
     from torch.profiler import profile, ProfilerActivity
-    from hybridslm.ablate_fast import mqar_config, mqar_splits, query_index, QueryHeadLoss
+    from hybridslm.research.ablate_fast import mqar_config, mqar_splits, query_index, QueryHeadLoss
     from hybridslm.model import HybridForCausalLM
-    from hybridslm.mamba2 import load_mamba_kernels
+    from hybridslm.model.mamba2 import load_mamba_kernels
     load_mamba_kernels()
     rows = []
     d = mqar_splits(n_train=256, n_val_per_kv=8, n_test_per_kv=8)

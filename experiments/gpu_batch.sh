@@ -145,7 +145,7 @@ case "${1:-}" in
       echo "mqar sweep exit $? (3: incomplete, run again)" >> "$OUT/sweep_mqar.log"
     }
     lm_part() {
-      TOKENIZERS_PARALLELISM=true python3 -c "from hybridslm.ablate import lm_data; d = lm_data('$PWD/.gpudata/corpus', 512); \
+      TOKENIZERS_PARALLELISM=true python3 -c "from hybridslm.research.ablate import lm_data; d = lm_data('$PWD/.gpudata/corpus', 512); \
           print(f\"{d['n_train_tokens']:,} train / {d['n_val_tokens']:,} val tokens\")" 2>&1 | grep -v Warn | tail -n 2
       python3 experiments/sweep_ablate.py --task lm --gpus all --jobs-per-gpu "${LM_JOBS:-2}" ${LM_ARGS:-} \
           --deadline-s "$(( $(left) - 30 ))" -p device=cuda -p lm_source=.gpudata/corpus > "$OUT/sweep_lm.log" 2>&1

@@ -2,9 +2,9 @@
 """Layer-pattern ablation sweeps on one machine with any number of GPUs (or none): the MQAR grid of the published
 protocol, or the LM comparison. Runs already finished are skipped, so a sweep cut off by a time limit resumes.
 
-MQAR (`--task mqar`): the grid of `hybridslm.ablate_fast` — phase 1 trains every pattern × width × learning rate with
+MQAR (`--task mqar`): the grid of `hybridslm.research.ablate_fast` — phase 1 trains every pattern × width × learning rate with
 the first seed, phase 2 the other seeds at the learning rate chosen on the validation split — one process per run
-(`python -m hybridslm.ablate_fast`), K processes per GPU at a time. Results: papermill_runs/ablate/<name>/runs/*.json,
+(`python -m hybridslm.research.ablate_fast`), K processes per GPU at a time. Results: papermill_runs/ablate/<name>/runs/*.json,
 then results.json, results_table.csv/.md, the plots, conclusion.md and report.ipynb in papermill_runs/ablate/<name>/.
 
     # the whole published grid on a 2-GPU machine, 4 runs per GPU at a time; rerun the same command to resume
@@ -129,7 +129,7 @@ def _tail(path, n=15) -> str:
 
 # ---------------------------------------------------------------- MQAR
 def run_mqar(a) -> int:
-    from hybridslm import ablate_fast as af
+    from hybridslm.research import ablate_fast as af
     settings = _kv(a.setting, '-s')
     if a.patterns: settings['patterns'] = a.patterns
     prof = a.profile or 'published'
@@ -177,7 +177,7 @@ def run_mqar(a) -> int:
         jobs, lr_rank = [], {lr: i for i, lr in enumerate(af.lr_order(P['lrs']))}
         for s in specs:
             key = af.run_key(s); out = Path(runs_dir) / f"{key}.json"
-            cmd = [sys.executable, '-m', 'hybridslm.ablate_fast', '--spec', json.dumps(s), '--out', str(out),
+            cmd = [sys.executable, '-m', 'hybridslm.research.ablate_fast', '--spec', json.dumps(s), '--out', str(out),
                    '--device', 'cuda' if on_gpu else 'cpu', '--no-progress', '--ckpt', str(ckpt_dir / f"{key}.pt")]
             jobs.append(dict(name=key, cmd=cmd, out=str(out), log=str(root / 'logs' / f"{key}.log"), spec=s,
                              priority=lr_rank.get(s['lr'], 0) if s['phase'] == 'lr' else 0,   # every pair's first rate, then its second, ...
@@ -206,7 +206,7 @@ def run_mqar(a) -> int:
 # ---------------------------------------------------------------- LM
 def lm_runs(a) -> list[dict]:
     import papermill, yaml
-    from hybridslm.ablate import validate_patterns
+    from hybridslm.research.ablate import validate_patterns
     extra = _kv(a.param, '-p')
     known = set(papermill.inspect_notebook(str(NB)))
     unknown = sorted(set(extra) - known)
@@ -241,7 +241,7 @@ def run_lm(a) -> int:
     print(f"LM sweep '{root.name}': {len(runs)} runs (pattern × seed), {len(runs) - len(todo)} already done", flush=True)
     if not a.aggregate_only and todo:
         deadline = t_start + a.deadline_s if a.deadline_s else None
-        from hybridslm.ablate import clean_executed_notebook
+        from hybridslm.research.ablate import clean_executed_notebook
         def on_done(o):
             d = REPO / o['job']['dir']
             if o['rc'] == 0: clean_executed_notebook(d / 'ablate.ipynb')    # no stderr, no paths of this machine
@@ -253,7 +253,7 @@ def run_lm(a) -> int:
         if bad: return 1
     done = [r for r in runs if (REPO / r['dir'] / 'results.json').exists()]
     if not done: print('no finished runs to aggregate', file=sys.stderr); return EXIT_INCOMPLETE
-    from hybridslm.ablate import aggregate
+    from hybridslm.research.ablate import aggregate
     os.chdir(REPO)
     agg = aggregate([r['dir'] for r in done], root)
     print(agg['table'].to_string(index=False)); print(agg['conclusion'])
@@ -268,7 +268,7 @@ def report(root: Path):
     out = root / 'report.ipynb'
     papermill.execute_notebook(str(REPORT_NB), str(out), kernel_name='python3', parameters={'sweeps': [str(rel)]},
                                cwd=str(REPO), progress_bar=False, log_output=False)
-    from hybridslm.ablate import clean_executed_notebook
+    from hybridslm.research.ablate import clean_executed_notebook
     clean_executed_notebook(out)
     print('report:', rel / 'report.ipynb', flush=True)
 

@@ -8,7 +8,7 @@ torch.set_num_threads(1)
 out = Path(sys.argv[1])
 sys.path.insert(0, str(Path(__file__).parent))
 from ds_helpers import CFG
-from hybridslm.config import HybridConfig
+from hybridslm.model.config import HybridConfig
 from hybridslm.model import HybridForCausalLM
 from hybridslm.train.loop import TrainArgs, TokenSequences, TrainingInterrupted
 from hybridslm.train.deepspeed import fit_deepspeed, init_distributed

@@ -9,7 +9,7 @@ torch.set_num_threads(1)
 out, stages = Path(sys.argv[1]), sys.argv[2].split(',')
 from hybridslm.train.deepspeed import fit_deepspeed, init_distributed, zero3_init
 from hybridslm.train.loop import TrainArgs, TokenSequences
-from hybridslm.config import HybridConfig
+from hybridslm.model.config import HybridConfig
 import deepspeed
 
 from ds_helpers import CFG, NaNAt

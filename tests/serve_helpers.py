@@ -9,9 +9,9 @@ MODEL = 'tiny'
 
 def make_checkpoint(path: Path, max_seq_len: int = 256, seed: int = 0) -> Path:
     "Random tiny hybrid model + the embedded tokenizer, written with save_pretrained."
-    from hybridslm.config import HybridConfig
+    from hybridslm.model.config import HybridConfig
     from hybridslm.model import HybridForCausalLM
-    from hybridslm.tokenizer import load_tokenizer
+    from hybridslm.data.tokenizer import load_tokenizer
     tok = load_tokenizer()
     torch.manual_seed(seed)
     cfg = HybridConfig(vocab_size=len(tok), d_model=64, layer_pattern='MAMA', n_heads=4, n_kv_heads=2, d_state=16,

@@ -2,10 +2,10 @@
 import copy, json, os, subprocess, sys, textwrap
 from pathlib import Path
 import pytest, torch
-from hybridslm.config import HybridConfig
+from hybridslm.model.config import HybridConfig
 from hybridslm.model import HybridForCausalLM
-from hybridslm.lora import apply_lora, save_adapter, load_adapter, merge_lora, expected_lora_modules, LORA_TARGETS
-from hybridslm.quantize import quantize_model, save_quantized, load_quantized, to_bf16
+from hybridslm.post.lora import apply_lora, save_adapter, load_adapter, merge_lora, expected_lora_modules, LORA_TARGETS
+from hybridslm.post.quantize import quantize_model, save_quantized, load_quantized, to_bf16
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope='module')
 def env(tmp_path_factory):
     from transformers import AutoModelForCausalLM
-    from hybridslm.tokenizer import load_tokenizer
+    from hybridslm.data.tokenizer import load_tokenizer
     ckpt = make_checkpoint(tmp_path_factory.mktemp('serve') / 'ckpt')
     srv = ThreadServer(ckpt, max_batch=8, prefix_block=64, max_body_bytes=65536)
     model = AutoModelForCausalLM.from_pretrained(str(ckpt)).eval()

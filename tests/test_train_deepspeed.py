@@ -32,7 +32,7 @@ def spawn(argv, world=2, timeout=240):
 def test_zero_stages_match_plain_adamw(tmp_path):
     from safetensors.torch import load_file
     from hybridslm.train.loop import TrainArgs, TokenSequences, fit
-    from hybridslm.config import HybridConfig
+    from hybridslm.model.config import HybridConfig
     spawn([str(REPO / 'tests' / 'ds_zero_worker.py'), str(tmp_path), '0,1,2,3,N0,N2,N3,I3,G0,G2,G3'])
     # reference: one process, plain torch AdamW, the same global batch (2 ranks x micro-batch 2 = 4 rows)
     torch.set_num_threads(1)

@@ -12,7 +12,7 @@ import numpy as np, pytest, torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / 'tests'))
 from ds_helpers import CFG, NaNAt
-from hybridslm.config import HybridConfig, check_config_overrides
+from hybridslm.model.config import HybridConfig, check_config_overrides
 from hybridslm.model import HybridForCausalLM
 from hybridslm.train.loop import TrainArgs, TokenSequences, fit, fetch_batch, TrainingInterrupted
 from hybridslm.train.checkpoint import (CheckpointError, list_checkpoints, load_checkpoint, verify_checkpoint,
@@ -307,7 +307,7 @@ SIG_SCRIPT = r'''
 import sys, numpy as np, torch
 sys.path.insert(0, 'tests'); torch.set_num_threads(1)
 from ds_helpers import CFG
-from hybridslm.config import HybridConfig
+from hybridslm.model.config import HybridConfig
 from hybridslm.model import HybridForCausalLM
 from hybridslm.train.loop import TrainArgs, TokenSequences, fit
 torch.manual_seed(0)

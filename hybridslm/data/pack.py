@@ -17,16 +17,16 @@ __all__ = ['EOS', 'FORMAT', 'train_tokenizer', 'packing_tokenizer', 'tokenize', 
 EOS = '<|endoftext|>'
 
 def train_tokenizer(texts, vocab_size: int = 8192, out_dir=None, min_frequency: int = 2):
-    "Train a byte-level BPE on `texts` (`hybridslm.tokenizer.train_bpe_tokenizer`); saved to `out_dir` if given."
-    from hybridslm.tokenizer import train_bpe_tokenizer
+    "Train a byte-level BPE on `texts` (`hybridslm.data.tokenizer.train_bpe_tokenizer`); saved to `out_dir` if given."
+    from hybridslm.data.tokenizer import train_bpe_tokenizer
     fast = train_bpe_tokenizer(texts, vocab_size=vocab_size, min_frequency=min_frequency)
     if out_dir is not None: fast.save_pretrained(str(out_dir))
     return fast
 
 def packing_tokenizer(tokenizer):
-    "The tokenizer packing uses: `tokenizer` itself, or the one `hybridslm.tokenizer.load_tokenizer` loads for a name/directory; it must be fast and define EOS."
+    "The tokenizer packing uses: `tokenizer` itself, or the one `hybridslm.data.tokenizer.load_tokenizer` loads for a name/directory; it must be fast and define EOS."
     if isinstance(tokenizer, (str, os.PathLike)):
-        from hybridslm.tokenizer import load_tokenizer as _load
+        from hybridslm.data.tokenizer import load_tokenizer as _load
         try: tokenizer = _load(str(tokenizer))
         except Exception as e: raise ValueError(f"tokenizer={str(tokenizer)!r} could not be loaded: {e}") from e
     if not getattr(tokenizer, 'is_fast', False): raise ValueError(f"tokenizer {type(tokenizer).__name__} is not a fast (Rust) tokenizer")

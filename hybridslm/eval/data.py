@@ -12,7 +12,7 @@ __all__ = ['BENCHMARKS_DIR', 'HF_DATASETS', 'TASKS', 'parse_hellaswag_dump', 'mm
            'load_wikitext2']
 
 # %% ../../nbs/30_eval.data.ipynb #7727cafb
-from ..tokenizer import ASSETS
+from ..data.tokenizer import ASSETS
 BENCHMARKS_DIR = ASSETS / 'benchmarks'         # package data: installed with the package
 
 # task -> (HF path, HF config, HF split); the split is the one lm-eval scores

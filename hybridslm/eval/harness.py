@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
 from tqdm.auto import tqdm
 from fastcore.basics import patch
-from ..generate import sample_next, IncrementalDecoder
+from ..model.generate import sample_next, IncrementalDecoder
 from .data import load_task, load_mmlu_fewshot, TASKS
 
 # %% auto #0
@@ -37,7 +37,7 @@ class LMScorer:
         "Load a checkpoint directory (model + tokenizer files; the embedded tokenizer if it has none)."
         from transformers import AutoModelForCausalLM
         import hybridslm.model  # registers the hybridslm model type
-        from hybridslm.tokenizer import load_tokenizer
+        from hybridslm.data.tokenizer import load_tokenizer
         p = Path(path)
         if not (p / 'config.json').exists(): raise FileNotFoundError(f"checkpoint {p} has no config.json")
         model = AutoModelForCausalLM.from_pretrained(str(p), dtype=dtype or torch.float32).to(device)
@@ -98,9 +98,9 @@ class LMScorer:
 # %% ../../nbs/31_eval.harness.ipynb #24faec6b
 def tiny_test_model(seed: int = 0, layer_pattern: str = 'MAMA'):
     "A 2-Mamba + 2-attention random model on the embedded 8k tokenizer (for tests)."
-    from hybridslm.config import HybridConfig
+    from hybridslm.model.config import HybridConfig
     from hybridslm.model import HybridForCausalLM
-    from hybridslm.tokenizer import load_tokenizer
+    from hybridslm.data.tokenizer import load_tokenizer
     torch.manual_seed(seed)
     cfg = HybridConfig(vocab_size=8192, d_model=64, layer_pattern=layer_pattern, n_heads=4, n_kv_heads=2, d_state=16,
                        headdim=16, chunk_size=16)

@@ -11,10 +11,10 @@ from typing import Callable
 import numpy as np
 import torch
 from fastcore.basics import patch
-from ..attention import KVCache
-from ..mamba2 import MambaCache
+from ..model.attention import KVCache
+from ..model.mamba2 import MambaCache
 from ..model import HybridCache
-from ..generate import sample_next, IncrementalDecoder
+from ..model.generate import sample_next, IncrementalDecoder
 
 # %% auto #0
 __all__ = ['SamplingParams', 'Request', 'find_stop', 'safe_prefix_len', 'pad_left', 'merge_caches', 'trim_cache', 'PrefixCache',

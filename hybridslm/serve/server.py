@@ -625,7 +625,7 @@ def load_engine(model_path: str | Path, device: str = 'auto', dtype: str = 'auto
     "Load a checkpoint directory into a ready (not yet started) `Engine`."
     import hybridslm.model  # noqa: F401  (registers the architecture with Auto*)
     from transformers import AutoModelForCausalLM
-    from hybridslm.tokenizer import load_tokenizer
+    from hybridslm.data.tokenizer import load_tokenizer
     p = Path(model_path)
     if not (p / 'config.json').is_file():
         raise FileNotFoundError(f"model path {str(p)!r} is not a checkpoint directory (no config.json); pass a "

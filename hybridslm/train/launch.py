@@ -179,7 +179,7 @@ class RunConfig:
 
     def resolve(self) -> 'RunConfig':
         "Preset defaults filled in and every cross-field rule checked; ValueError naming the field."
-        from hybridslm.config import PRESETS, check_config_overrides
+        from hybridslm.model.config import PRESETS, check_config_overrides
         p = self.params()
         if str(p['preset']).lower() not in PRESETS: raise ValueError(f"preset={p['preset']!r}: choose one of {sorted(PRESETS)}")
         for k, v in PRESET_TRAIN_DEFAULTS.get(str(p['preset']).lower(), ROADMAP_TRAIN_DEFAULTS).items():
@@ -279,7 +279,7 @@ def load_run_data(p: dict, tok, root: Path):
     data, seq_len = p['data'], p['seq_len']
     def rel(x): return Path(x) if Path(x).is_absolute() else root / x
     if isinstance(data, str) and data.split(':')[0] == 'embedded':
-        from hybridslm.tokenizer import load_demo_corpus
+        from hybridslm.data.tokenizer import load_demo_corpus
         docs = load_demo_corpus()
         if ':' in data:
             names = data.split(':', 1)[1].split(',')
@@ -312,7 +312,7 @@ def load_run_data(p: dict, tok, root: Path):
 
 def build_model(p: dict, tok, vocab_size: int, zero3: bool = False):
     "`(config, model)` for run parameters `p`: the preset, overridden by `layer_pattern` and `model_overrides`; `zero3`: built partitioned."
-    from hybridslm.config import HybridConfig
+    from hybridslm.model.config import HybridConfig
     from hybridslm.model import HybridForCausalLM
     ov = dict(vocab_size=vocab_size, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
     if p['layer_pattern']: ov['layer_pattern'] = p['layer_pattern']
@@ -388,7 +388,7 @@ def stay_with_launcher(poll_s: float = 0.5) -> None:
 # %% ../../nbs/25_train.launch.ipynb #5016817f
 def run_worker(p: dict, root: Path | None = None) -> dict | None:
     "Train one rank of the run described by (resolved) parameters `p`; rank 0 returns and writes the result."
-    from hybridslm.tokenizer import load_tokenizer
+    from hybridslm.data.tokenizer import load_tokenizer
     from hybridslm.train.deepspeed import fit_deepspeed, ds_checkpoint_to_hf
     from hybridslm.train.checkpoint import latest_checkpoint
     from hybridslm.train.monitor import RunLogger, flops_per_token, peak_flops, mfu

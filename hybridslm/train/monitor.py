@@ -7,7 +7,7 @@ from __future__ import annotations
 import json, math, os, time, warnings
 from pathlib import Path
 import torch
-from ..config import HybridConfig, count_params
+from ..model.config import HybridConfig, count_params
 
 # %% auto #0
 __all__ = ['PEAK_TFLOPS', 'LOG_BACKENDS', 'flops_per_token', 'peak_flops', 'mfu', 'memory_stats', 'step_metrics', 'RunLogger',

@@ -13,10 +13,10 @@ __all__ = ['ASSETS', 'CORPUS_DIR', 'REPO_ROOT', 'DEFAULT_TOKENIZER', 'SPECIAL_TO
            'load_demo_corpus', 'train_bpe_tokenizer', 'load_tokenizer']
 
 # %% ../../nbs/06_tokenizer.ipynb #e24ab5ec
-ASSETS = Path(__file__).resolve().parent / 'assets' if '__file__' in globals() else Path.cwd().parent / 'hybridslm' / 'assets'
+ASSETS = Path(__file__).resolve().parents[1] / 'assets' if '__file__' in globals() else Path.cwd().parent / 'hybridslm' / 'assets'
 CORPUS_DIR = ASSETS / 'corpus'              # package data: installed with the package
 # the checkout a source install runs from (only to print paths relative to it); in a wheel install, site-packages' parent
-REPO_ROOT = Path(__file__).resolve().parents[1] if '__file__' in globals() else Path.cwd().parent
+REPO_ROOT = Path(__file__).resolve().parents[2] if '__file__' in globals() else Path.cwd().parent
 DEFAULT_TOKENIZER = 'hybridslm-bpe-8k'
 
 def strip_gutenberg(text: str) -> str:

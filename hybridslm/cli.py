@@ -116,7 +116,7 @@ register('serve', _serve_args, _serve, help='OpenAI-compatible HTTP server (cont
 CONVERT_TARGETS = ('hybridslm', 'bamba', 'mamba_ssm')
 
 def _convert_args(p: argparse.ArgumentParser):
-    p.add_argument('src', help='checkpoint directory: transformers (Bamba), mamba_ssm (config.json + pytorch_model.bin) or hybridslm')
+    p.add_argument('src', help='checkpoint directory: transformers (Bamba, dense Granite-4.0 hybrid), mamba_ssm (config.json + pytorch_model.bin) or hybridslm')
     p.add_argument('dst', help='output directory (new or empty)')
     p.add_argument('--to', default='hybridslm', choices=CONVERT_TARGETS, help='output format (default: hybridslm)')
 
@@ -131,4 +131,4 @@ def _convert(args) -> int:
     print(f"{args.src} -> {args.dst} ({args.to}: {model.config.layer_pattern}, {model.num_parameters():,} parameters)")
     return 0
 
-register('convert', _convert_args, _convert, help='convert a pretrained hybrid (Bamba, mamba_ssm, hybridslm) to another format')
+register('convert', _convert_args, _convert, help='convert a pretrained hybrid (Bamba, Granite-4.0 dense, mamba_ssm, hybridslm) to another format')

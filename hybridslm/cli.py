@@ -8,7 +8,7 @@ import argparse, json, os, sys
 from typing import Callable
 
 # %% auto #0
-__all__ = ['COMMANDS', 'LAZY', 'register', 'command', 'main', 'serve_config']
+__all__ = ['COMMANDS', 'LAZY', 'CONVERT_TARGETS', 'register', 'command', 'main', 'serve_config']
 
 # %% ../nbs/52_serve.cli.ipynb #37aa13cb
 COMMANDS: dict[str, tuple] = {}
@@ -111,3 +111,24 @@ def _serve(args) -> int:
     return 0
 
 register('serve', _serve_args, _serve, help='OpenAI-compatible HTTP server (continuous batching, prefix cache, /metrics)')
+
+# %% ../nbs/52_serve.cli.ipynb #c0a7e1d3
+CONVERT_TARGETS = ('hybridslm', 'bamba', 'mamba_ssm')
+
+def _convert_args(p: argparse.ArgumentParser):
+    p.add_argument('src', help='checkpoint directory: transformers (Bamba, dense Granite-4.0 hybrid), mamba_ssm (config.json + pytorch_model.bin) or hybridslm')
+    p.add_argument('dst', help='output directory (new or empty)')
+    p.add_argument('--to', default='hybridslm', choices=CONVERT_TARGETS, help='output format (default: hybridslm)')
+
+def _convert(args) -> int:
+    from hybridslm.convert import from_pretrained_hybrid, to_pretrained_hybrid
+    dst = os.path.abspath(args.dst)
+    if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
+        raise ValueError(f"{args.dst} exists and is not an empty directory: refusing to overwrite it")
+    model = from_pretrained_hybrid(args.src)
+    if args.to == 'hybridslm': model.save_pretrained(dst)
+    else: to_pretrained_hybrid(model, args.to, dst)
+    print(f"{args.src} -> {args.dst} ({args.to}: {model.config.layer_pattern}, {model.num_parameters():,} parameters)")
+    return 0
+
+register('convert', _convert_args, _convert, help='convert a pretrained hybrid (Bamba, Granite-4.0 dense, mamba_ssm, hybridslm) to another format')

@@ -84,7 +84,7 @@ class GQAttention(nn.Module):
         self.k_proj = nn.Linear(c.d_model, c.n_kv_heads * c.head_dim, bias=c.attn_bias)
         self.v_proj = nn.Linear(c.d_model, c.n_kv_heads * c.head_dim, bias=c.attn_bias)
         self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.d_model, bias=c.attn_bias)
-        self.rotary = RotaryEmbedding(c.head_dim, c.rope_theta)
+        self.rotary = RotaryEmbedding(c.head_dim if c.rope_dim is None else c.rope_dim, c.rope_theta)
 
     def allocate_cache(self, batch: int, max_len: int, dtype=None, device=None, static: bool = False) -> KVCache:
         # the first floating tensor, not q_proj.weight: a dynamically quantized Linear has no weight tensor

@@ -59,6 +59,7 @@ class HybridConfig(PretrainedConfig):
     ff_multiple_of: int = 256
     max_seq_len: int = 8192
     rope_theta: float = 10000.0
+    rope_dim: int | None = None        # rotary dims per head (the first rope_dim; the rest pass through); None -> all head_dim, 0 -> no RoPE
     norm_eps: float = 1e-5
     # Mamba-2 mixer (names and defaults as mamba_ssm.modules.mamba2.Mamba2)
     d_state: int = 128
@@ -131,6 +132,8 @@ class HybridConfig(PretrainedConfig):
         need(self.ssm_state_dtype in ('float32', 'bfloat16', 'float16'),
              f"ssm_state_dtype must be 'float32', 'bfloat16' or 'float16', got {self.ssm_state_dtype!r}")
         need(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
+        need(self.rope_dim is None or (isinstance(self.rope_dim, int) and 0 <= self.rope_dim <= self.head_dim and self.rope_dim % 2 == 0),
+             f"rope_dim must be None or an even integer in 0..head_dim={self.head_dim}, got {self.rope_dim!r}")
         return self
 
     # defined with the pieces they use further down: `PRESETS`, `count_params`, the loader shims

@@ -56,8 +56,11 @@ def _rotate_half(x):
     return torch.cat([-x2, x1], -1)
 
 def apply_rope(x, cos, sin):
-    "Rotate `x` `(B, H, L, hd)` by the tables `(B, L, hd)` (computed in float32, returned in x's dtype)."
+    "Rotate `x` `(B, H, L, hd)` by the tables `(B, L, r)` (computed in float32, returned in x's dtype); r < hd: partial RoPE, the last hd - r dims pass through."
     cos, sin = cos[:, None], sin[:, None]
+    r = cos.shape[-1]
+    if r == 0: return x
+    if r < x.shape[-1]: return torch.cat([apply_rope(x[..., :r], cos[:, 0], sin[:, 0]), x[..., r:]], -1)
     return (x.float() * cos + _rotate_half(x.float()) * sin).to(x.dtype)
 
 # %% ../../nbs/01_layers.ipynb #d394093a

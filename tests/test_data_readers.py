@@ -101,6 +101,8 @@ def test_pipeline_survives_bad_records_and_reruns(tmp_path):
     n_trunc = sum(1 for _ in iter_records(SourceSpec('t', 1, paths=[str(tmp_path / 'trunc.jsonl.gz')])))
     assert rep['docs_in']['web'] == 22 + 1 + n_trunc                              # every record and bad file accounted for
     assert len(PackedTokenDataset(tmp_path / 'run/shards')) == rep['n_seqs'] > 0
+    assert sorted((Path(b['file']).name, b['reason']) for b in rep['bad_files']['web']) == [('empty.jsonl', 'empty_file'),
+                                                                                         ('trunc.jsonl.gz', 'truncated_file')]
     assert curate(cfg) == rep                                                     # the rerun does not crash either
     # a run killed while packing leaves `.shards.<id>.tmp`; the resume removes it and packs the same bytes
     shards = {f.name: f.read_bytes() for f in (tmp_path / 'run/shards').iterdir()}

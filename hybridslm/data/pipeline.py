@@ -18,7 +18,7 @@ from .dedup import exact_hash, minhash, dedup, perturb
 from .pack import train_tokenizer, packing_tokenizer, PackWriter, _init_worker, _tok_batch
 
 # %% auto #0
-__all__ = ['CurateConfig', 'stage1', 'stage2', 'get_tokenizer', 'stage3', 'stage4', 'curate', 'build_report',
+__all__ = ['FILE_REASONS', 'CurateConfig', 'stage1', 'stage2', 'get_tokenizer', 'stage3', 'stage4', 'curate', 'build_report',
            'build_messy_sample', 'evaluate_messy']
 
 # %% ../../nbs/14_data.pipeline.ipynb #ca7a5393
@@ -261,12 +261,26 @@ def _check_something_left(out: Path, plan: list, sel: dict):
         raise ValueError(f"nothing to pack in {out}: no document survived reading, filtering and dedup; "
                          f"records by reason: {({s: dict(c) for s, c in reasons.items()} or 'no records at all')}")
 
+FILE_REASONS = ('empty_file', 'truncated_file', 'corrupt_file', 'unreadable_file')
+
+def _bad_files(cfg, out: Path, plan: list) -> dict:
+    "source -> [{'file', 'reason'}] for every file that was empty or could not be read to its end."
+    t = _concat_chunks(out, plan, ['key', 'source', 'reason'])
+    specs, res = {s.name: s for s in cfg.mixture.sources}, {}
+    for k, s, r in zip(*(t[c].to_pylist() for c in ['key', 'source', 'reason'])):
+        if r not in FILE_REASONS: continue
+        try: files = specs[s].files() if specs[s].kind != 'hf' else []
+        except ValueError: files = []
+        fi = int(k.split('/')[1])
+        res.setdefault(s, []).append(dict(file=files[fi] if fi < len(files) else f'file #{fi}', reason=r))
+    return res
+
 def build_report(cfg, plan, sel, idx) -> dict:
     out = Path(cfg.out_dir)
     reasons, pii = _reasons(out, plan, sel)
     mix = mixture_report(idx['source_tokens'], cfg.mixture.targets, idx['source_docs'])
     return dict(fingerprint=cfg.fingerprint(), docs_in={s: sum(c.values()) for s, c in reasons.items()},
-                reasons={s: dict(c) for s, c in reasons.items()}, pii_redacted={s: dict(c) for s, c in pii.items()},
+                reasons={s: dict(c) for s, c in reasons.items()}, bad_files=_bad_files(cfg, out, plan), pii_redacted={s: dict(c) for s, c in pii.items()},
                 dedup=sel['dedup'], quality_thresholds=sel['quality_thresholds'],
                 mixture=mix.reset_index().to_dict('records'), n_seqs=idx['n_seqs'], n_tokens=idx['n_tokens'],
                 n_docs_packed=idx['n_docs'], dropped_tail_tokens=idx['dropped_tail_tokens'], unused_docs=idx['unused_docs'])

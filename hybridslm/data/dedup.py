@@ -10,7 +10,8 @@ import numpy as np
 from datasketch import MinHash, LeanMinHash, MinHashLSH
 
 # %% auto #0
-__all__ = ['SCHEME', 'normalize', 'exact_hash', 'shingle_hashes', 'minhash', 'DedupResult', 'dedup', 'perturb']
+__all__ = ['SCHEME', 'DEDUP_PRESETS', 'normalize', 'exact_hash', 'shingle_hashes', 'minhash', 'DedupResult', 'dedup', 'perturb',
+           'dedup_preset', 'edit_words']
 
 # %% ../../nbs/12_data.dedup.ipynb #f6f18b21
 _PUNCT_RX = re.compile(r'[^\w\s]')
@@ -94,4 +95,27 @@ def perturb(text: str, frac: float, seed: int = 0) -> str:
     rng = random.Random(seed)
     w = text.split()
     for i in rng.sample(range(len(w)), max(1, int(frac * len(w)))): w[i] = rng.choice(w) + 'x'
+    return ' '.join(w)
+
+# %% ../../nbs/12_data.dedup.ipynb #3cb314f2
+DEDUP_PRESETS = {
+    'default': dict(ngram=5, threshold=0.8),   # removes copies with <= ~2% scattered word edits
+    'near90': dict(ngram=2, threshold=0.6),    # removes copies sharing ~90% of their words (10% edited), measured below
+}
+
+def dedup_preset(name: str) -> dict:
+    "`CurateConfig` keyword arguments (`ngram`, `dedup_threshold`) of a named near-duplicate preset."
+    if name not in DEDUP_PRESETS: raise ValueError(f"unknown dedup preset {name!r}; choose from {sorted(DEDUP_PRESETS)}")
+    p = DEDUP_PRESETS[name]
+    return dict(ngram=p['ngram'], dedup_threshold=p['threshold'])
+
+def edit_words(text: str, frac: float, seed: int = 0) -> str:
+    "Edit `frac` of the words at random places: half substituted (by another word of the text, half of them marked 'x'), a quarter deleted, a quarter preceded by an inserted word."
+    rng = random.Random(seed)
+    w = text.split()
+    for i in sorted(rng.sample(range(len(w)), max(1, round(frac * len(w)))), reverse=True):
+        op = rng.random()
+        if op < 0.5: w[i] = rng.choice(w) + ('x' if rng.random() < 0.5 else '')
+        elif op < 0.75: del w[i]
+        else: w.insert(i, rng.choice(w))
     return ' '.join(w)

@@ -4,19 +4,20 @@
 
 # %% ../../nbs/11_data.filters.ipynb #19e7f836
 from __future__ import annotations
-import json, math, re, zlib
+import ipaddress, json, math, re, zlib
 from collections import Counter
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['STOP_WORDS', 'BULLETS', 'QUALITY_RULES', 'BOILERPLATE_RX', 'URL_RX', 'EMAIL_RX', 'CARD_RX', 'IP_RX', 'PHONE_RX',
-           'ALL_FILTERS', 'length_filter', 'length_reason', 'detect_language', 'add_language', 'language_filter',
-           'quality_features', 'quality_score', 'add_quality', 'quality_keep', 'quality_threshold', 'quality_filter',
-           'load_badwords', 'count_profanity', 'profanity_filter', 'remove_boilerplate', 'spam_reason',
-           'boilerplate_map', 'spam_filter', 'luhn_ok', 'redact_pii', 'redact_pii_batch', 'FilterConfig',
-           'apply_filters']
+__all__ = ['STOP_WORDS', 'BULLETS', 'QUALITY_RULES', 'BOILERPLATE_RX', 'URL_RX', 'EMAIL_RX', 'ASSET_EXTS', 'CARD_RX',
+           'IBAN_LENGTHS', 'SSN_RX', 'SSN_CUE_RX', 'IP_RX', 'VERSION_CUE_RX', 'NET_CUE_RX', 'IPV6_RX', 'PHONE_RX',
+           'PII_TYPES', 'ALL_FILTERS', 'length_filter', 'length_reason', 'detect_language', 'add_language',
+           'language_filter', 'quality_features', 'quality_score', 'add_quality', 'quality_keep', 'quality_threshold',
+           'quality_filter', 'load_badwords', 'count_profanity', 'profanity_ratio', 'is_profane', 'profanity_filter',
+           'remove_boilerplate', 'spam_reason', 'boilerplate_map', 'spam_filter', 'luhn_ok', 'card_ok', 'iban_ok',
+           'redact_pii', 'redact_pii_batch', 'FilterConfig', 'apply_filters']
 
 # %% ../../nbs/11_data.filters.ipynb #0e78b486
 def length_filter(batch: dict, min_chars: int = 100, max_chars: int = 1_000_000) -> list:
@@ -159,20 +160,26 @@ def _bad_index(langs):
     return _BAD[key]
 
 def count_profanity(text: str, langs=('en',)) -> int:
-    "Number of listed words/phrases in `text` (whole tokens only, case-insensitive)."
+    "Number of listed words/phrases in `text` (whole tokens only, case-insensitive; a listed word's plural in -s counts too)."
     idx, toks, hits = _bad_index(langs), _TOK_RX.findall(text.lower()), 0
     for i, t in enumerate(toks):
         cands = idx.get(t)
-        if cands and any(tuple(toks[i:i + len(c)]) == c for c in cands): hits += 1
+        if cands: hits += any(tuple(toks[i:i + len(c)]) == c for c in cands)
+        elif t.endswith('s') and len(t) > 3 and (t[:-1],) in idx.get(t[:-1], ()): hits += 1
     return hits
 
-def profanity_filter(batch: dict, max_ratio: float = 0.005, min_hits: int = 2, langs=('en',)) -> list:
-    "Keep documents unless bad words are >= `min_hits` and > `max_ratio` of their words."
-    out = []
-    for t in batch['text']:
-        h = count_profanity(t, langs)
-        out.append(not (h >= min_hits and h / max(1, len(t.split())) > max_ratio))
-    return out
+def profanity_ratio(text: str, langs=('en',)) -> float:
+    "Listed words/phrases per whitespace-separated word."
+    return count_profanity(text, langs) / max(1, len(text.split()))
+
+def is_profane(text: str, max_ratio: float = 0.025, min_hits: int = 2, langs=('en',)) -> bool:
+    "True when listed words are at least `min_hits` *and* more than `max_ratio` of the words."
+    h = count_profanity(text, langs)
+    return h >= min_hits and h / max(1, len(text.split())) > max_ratio
+
+def profanity_filter(batch: dict, max_ratio: float = 0.025, min_hits: int = 2, langs=('en',)) -> list:
+    "Keep documents unless `is_profane`."
+    return [not is_profane(t, max_ratio, min_hits, langs) for t in batch['text']]
 
 # %% ../../nbs/11_data.filters.ipynb #f9719b37
 BOILERPLATE_RX = re.compile(
@@ -200,13 +207,15 @@ def boilerplate_map(batch: dict) -> dict: return {'text': [remove_boilerplate(t)
 def spam_filter(batch: dict) -> list: return [spam_reason(t) is None for t in batch['text']]
 
 # %% ../../nbs/11_data.filters.ipynb #794735eb
-EMAIL_RX = re.compile(r'\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b')
+EMAIL_RX = re.compile(r'(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}\b')
+# `name@2x.png` is an image at twice the resolution, not a mailbox: none of these is a top-level domain
+ASSET_EXTS = frozenset('png jpg jpeg gif svg webp bmp ico tif tiff avif heic css js mjs map pdf mp3 mp4 webm woff woff2 ttf otf eot'.split())
+_SCALE_RX = re.compile(r'@\d+(?:\.\d+)?x\.', re.IGNORECASE)
+
+def _email_ok(s: str) -> bool:
+    return s.rsplit('.', 1)[1].lower() not in ASSET_EXTS and not _SCALE_RX.search(s)
+
 CARD_RX = re.compile(r'(?<![\d.,-])(?:\d[ -]?){12,18}\d(?![\d.,]\d|-\d)')
-_OCT = r'(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)'
-IP_RX = re.compile(rf'(?<![\d.]){_OCT}(?:\.{_OCT}){{3}}(?![\d]|\.\d)')
-PHONE_RX = re.compile(
-    r'(?<![\w+])(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,4}){1,4}'      # international
-    r'|(?:1[ .-])?(?:\(\d{3}\) ?|\d{3}[.-])\d{3}[ .-]\d{4})(?![\w-])')                 # North American
 
 def luhn_ok(digits: str) -> bool:
     "Luhn checksum of a digit string."
@@ -217,19 +226,112 @@ def luhn_ok(digits: str) -> bool:
         s += d
     return s % 10 == 0
 
+def card_ok(s: str) -> bool:
+    "A payment card number: Luhn-valid, with an issuer prefix (IIN) and a length that issuer uses."
+    d = re.sub(r'\D', '', s); n = len(d)
+    if not (13 <= n <= 19 and luhn_ok(d)): return False
+    p2, p3, p4 = int(d[:2]), int(d[:3]), int(d[:4])
+    if d[0] == '4': return n in (16, 19)                                    # Visa (13-digit cards are long gone)
+    if 51 <= p2 <= 55 or 2221 <= p4 <= 2720: return n == 16                 # Mastercard
+    if p2 in (34, 37): return n == 15                                       # American Express
+    if p4 == 6011 or p2 == 65 or 644 <= p3 <= 649 or p2 == 62: return 16 <= n <= 19   # Discover, UnionPay
+    if 3528 <= p4 <= 3589: return 16 <= n <= 19                            # JCB
+    if p2 in (36, 38, 39) or 300 <= p3 <= 305: return 14 <= n <= 19         # Diners Club
+    return False
+
+IBAN_LENGTHS = dict(AD=24, AE=23, AL=28, AT=20, AZ=28, BA=20, BE=16, BG=22, BH=22, BR=29, BY=28, CH=21, CR=22, CY=28, CZ=24,
+    DE=22, DK=18, DO=28, EE=20, EG=29, ES=24, FI=18, FO=18, FR=27, GB=22, GE=22, GI=23, GL=18, GR=27, GT=28, HR=21, HU=28,
+    IE=22, IL=23, IQ=23, IS=26, IT=27, JO=30, KW=30, KZ=20, LB=28, LC=32, LI=21, LT=20, LU=20, LV=21, MC=27, MD=24, ME=22,
+    MK=19, MR=27, MT=31, MU=30, NL=18, NO=15, PK=24, PL=28, PS=29, PT=25, QA=29, RO=24, RS=22, SA=24, SC=31, SE=24, SI=19,
+    SK=24, SM=27, ST=25, SV=28, TL=23, TN=24, TR=26, UA=29, VA=22, VG=24, XK=20)
+_IBAN_START_RX = re.compile(r'(?<![A-Za-z0-9])([A-Za-z]{2})(\d{2})(?=[ ]?[A-Za-z0-9])')
+
+def iban_ok(s: str) -> bool:
+    "ISO 13616 IBAN: a known country, that country's length, and the mod-97 check digits."
+    s = s.replace(' ', '').upper()
+    if IBAN_LENGTHS.get(s[:2]) != len(s) or not s.isalnum(): return False
+    return int(''.join(str(int(c, 36)) for c in s[4:] + s[:4])) % 97 == 1
+
+def _iban_spans(text):
+    "Spans of valid IBANs, printed compact or in groups separated by single spaces."
+    for m in _IBAN_START_RX.finditer(text):
+        n = IBAN_LENGTHS.get(m.group(1).upper())
+        if n is None: continue
+        i, k = m.start(), 0
+        while i < len(text) and k < n:
+            if text[i].isascii() and text[i].isalnum(): k += 1
+            elif not (text[i] == ' ' and k >= 4 and i + 1 < len(text) and text[i + 1].isalnum()): break
+            i += 1
+        if k == n and not (i < len(text) and text[i].isalnum()) and iban_ok(text[m.start():i]): yield m.start(), i
+
+# US SSN: area 001-899 except 666, group 01-99, serial 0001-9999. Dashed it stands alone; with spaces or none it needs
+# an 'SSN' / 'social security' cue just before it.
+SSN_RX = re.compile(r'(?<![\w-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w-])')
+SSN_CUE_RX = re.compile(r'(?i)\b(?:ssn|social security)\b[^\n\d]{0,25}((?!000|666|9\d\d)\d{3}( ?)(?!00)\d{2}\2(?!0000)\d{4})(?![\w-])')
+
+_OCT = r'(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)'
+IP_RX = re.compile(rf'(?<![\w.]){_OCT}(?:\.{_OCT}){{3}}(?![\w]|\.\d|-[A-Za-z])')
+# a dotted quad after these words is a version / section number; one made of single digits (1.2.3.4) needs a network cue
+VERSION_CUE_RX = re.compile(r'(?i)(?:\b(?:v|ver|version|versions|release[sd]?|rel|build|firmware|fw|kernel|update[sd]?|upgrade[sd]?|'
+                            r'patch(?:es|ed)?|bumps?|sections?|sec|§|chapter|ch|figure|fig|table|clause|rule|step|appendix|'
+                            r'paragraph|article|art)\b)[^\n]{0,30}$|(?:[<>~!=]=|\bv)\s*$')
+NET_CUE_RX = re.compile(r'(?i)\b(?:ip|ips|ipv4|address|addr|host|server|dns|resolver|gateway|router|ping|proxy|nameserver|subnet|'
+                        r'netmask|client|peer|connect(?:ed|ion)?|tcp|udp|https?|ssh|firewall|blocked|banned|nslookup|dig)\b')
+
+def _ipv4_ok(text, m) -> bool:
+    before = text[max(0, m.start() - 40):m.start()].split('\n')[-1]
+    if VERSION_CUE_RX.search(before): return False
+    octs = [int(o) for o in m.group(0).split('.')]
+    if octs[0] == 0: return False                                          # 0.x.x.x is no host's address
+    if max(octs) < 10:                                                      # 1.2.3.4, 2.3.4.5: a version unless told otherwise
+        after = text[m.end():m.end() + 25]
+        return bool(NET_CUE_RX.search(before) or NET_CUE_RX.search(after) or re.match(r':\d|/\d', after))
+    return True
+
+IPV6_RX = re.compile(r'(?<![\w:.%-])(?:[0-9A-Fa-f:]{2,29}?(?<=:)\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f:]{2,39})(?![\w:])')
+
+def _ipv6_ok(s: str) -> bool:
+    groups = [g for g in s.split(':') if g]
+    if not (s.count(':') == 7 or ('::' in s and len(groups) >= 2)) or not any(c.isdigit() for c in s): return False
+    try: ipaddress.IPv6Address(s)
+    except ValueError: return False
+    return True
+
+PHONE_RX = re.compile(
+    r'(?<![\w+])(?:\+|\b00)[1-9]\d{0,2}(?:[ .-]?\(0\))?[ .-]?\(?\d{1,5}\)?(?:[ .-]?\d{2,6}){1,5}(?![\w]|[-.]\d)'   # +44 20 7946 0958, 0044 …
+    r'|(?<![\w+(])(?:1[ .-]?)?(?:\(\d{3}\) ?|\d{3}[ .-])\d{3}[ .-]\d{4}(?![\w]|[-.]\d)'                            # (212) 555-0187
+    r'|(?<![\w+.,/-])0[1-9]\d{0,3}(?:[ /-]\d{2,6}){1,4}(?![\w]|[-./]\d)')                                          # 020 7946 0018
+_IBAN_HEAD_RX = re.compile(r'\b[A-Z]{2}\d{2}(?: [A-Z0-9]{4})+ $')
+
+def _phone_ok(m) -> bool:
+    s = m.group(0)
+    if _IBAN_HEAD_RX.search(m.string[max(0, m.start() - 40):m.start()]): return False   # the tail of an IBAN-shaped string
+    d = re.sub(r'\D', '', s.replace('(0)', ''))
+    if s[0] == '+' or s.startswith('00'): return 8 <= len(d) - (2 if s.startswith('00') else 0) <= 15
+    if s[0] == '0': return 9 <= len(d) <= 11
+    return 10 <= len(d) <= 11
+
+PII_TYPES = ('EMAIL', 'IBAN', 'CREDIT_CARD', 'SSN', 'IP', 'PHONE')
+
 def redact_pii(text: str) -> tuple:
-    "Return (redacted text, counts by PII type)."
+    "Return (redacted text, counts by PII type): emails, IBANs, payment cards, US SSNs, IPv4/IPv6 addresses, phone numbers."
     counts = Counter()
-    def sub(rx, tag, check=None):
+    def sub(rx, tag, check=None, group=0):
         nonlocal text
         def f(m):
-            if check and not check(m.group(0)): return m.group(0)
-            counts[tag] += 1; return f'<{tag}>'
+            if check and not check(m): return m.group(0)
+            counts[tag] += 1
+            return m.group(0)[:m.start(group) - m.start()] + f'<{tag}>' + m.group(0)[m.end(group) - m.start():]
         text = rx.sub(f, text)
-    sub(EMAIL_RX, 'EMAIL')
-    sub(CARD_RX, 'CREDIT_CARD', lambda s: 13 <= len(d := re.sub(r'\D', '', s)) <= 19 and luhn_ok(d))
-    sub(IP_RX, 'IP')
-    sub(PHONE_RX, 'PHONE', lambda s: 7 <= len(re.sub(r'\D', '', s)) <= 15)
+    sub(EMAIL_RX, 'EMAIL', lambda m: _email_ok(m.group(0)))
+    spans = list(_iban_spans(text))
+    for a, b in reversed(spans): text = text[:a] + '<IBAN>' + text[b:]
+    if spans: counts['IBAN'] += len(spans)
+    sub(CARD_RX, 'CREDIT_CARD', lambda m: card_ok(m.group(0)))
+    sub(SSN_RX, 'SSN'); sub(SSN_CUE_RX, 'SSN', group=1)
+    sub(IPV6_RX, 'IP', lambda m: _ipv6_ok(m.group(0)))
+    sub(IP_RX, 'IP', lambda m: _ipv4_ok(m.string, m))
+    sub(PHONE_RX, 'PHONE', _phone_ok)
     return text, dict(counts)
 
 def redact_pii_batch(batch: dict) -> dict:
@@ -249,12 +351,13 @@ class FilterConfig:
     lang_threshold: float = 0.9
     lang_max_chars: int = 2000
     quality_drop_frac: float = 0.3
-    profanity_max_ratio: float = 0.005
+    profanity_max_ratio: float = 0.025   # fraction of words on the list (measured: 0.24% of clean Wikipedia dropped)
     profanity_min_hits: int = 2
     profanity_langs: tuple = ('en',)
     def __post_init__(self):
         if not 0 < self.min_chars <= self.max_chars: raise ValueError(f"FilterConfig: need 0 < min_chars <= max_chars, got {self.min_chars}, {self.max_chars}")
         if not 0 <= self.lang_threshold < 1: raise ValueError(f"FilterConfig.lang_threshold={self.lang_threshold!r} must be in [0, 1)")
+        if not 0 <= self.profanity_max_ratio < 1: raise ValueError(f"FilterConfig.profanity_max_ratio={self.profanity_max_ratio!r} must be in [0, 1)")
         if not 0 <= self.quality_drop_frac < 1: raise ValueError(f"FilterConfig.quality_drop_frac={self.quality_drop_frac!r} must be in [0, 1)")
         self.profanity_langs = tuple(self.profanity_langs)
 
@@ -270,8 +373,7 @@ def apply_filters(text: str, cfg: FilterConfig = FilterConfig(), which=ALL_FILTE
         out['lang'], out['lang_score'] = detect_language(text, cfg.lang_max_chars)
         if not (out['lang'] == cfg.lang and out['lang_score'] > cfg.lang_threshold): out['reason'] = 'language'; return out
     if 'profanity' in which:
-        h = count_profanity(text, cfg.profanity_langs)
-        if h >= cfg.profanity_min_hits and h / max(1, len(text.split())) > cfg.profanity_max_ratio: out['reason'] = 'profanity'; return out
+        if is_profane(text, cfg.profanity_max_ratio, cfg.profanity_min_hits, cfg.profanity_langs): out['reason'] = 'profanity'; return out
     if 'pii' in which: text, out['pii'] = redact_pii(text)
     if 'quality' in which: out['quality'] = quality_score(quality_features(text))
     out['text'] = text

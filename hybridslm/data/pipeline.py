@@ -18,7 +18,7 @@ from .dedup import exact_hash, minhash, dedup, perturb
 from .pack import train_tokenizer, packing_tokenizer, PackWriter, _init_worker, _tok_batch
 
 # %% auto #0
-__all__ = ['CurateConfig', 'stage1', 'stage2', 'get_tokenizer', 'stage3', 'stage4', 'curate', 'build_report',
+__all__ = ['FILE_REASONS', 'CurateConfig', 'stage1', 'stage2', 'get_tokenizer', 'stage3', 'stage4', 'curate', 'build_report',
            'build_messy_sample', 'evaluate_messy']
 
 # %% ../../nbs/14_data.pipeline.ipynb #ca7a5393
@@ -73,7 +73,10 @@ def _stage1_chunk(args):
     for r in recs:
         res = dict(text=None, reason=r.get('error'), quality=None, pii={}, lang=None, lang_score=None)
         n_chars = len(r['text']) if 'text' in r else None
-        if res['reason'] is None: res = apply_filters(r['text'], fcfg, which)
+        if res['reason'] is None:
+            try: res = apply_filters(r['text'], fcfg, which)
+            except Exception as e:   # one document that breaks a filter is counted, not fatal (the reason names the error)
+                res['reason'] = f'filter_error:{type(e).__name__}'
         kept = res['reason'] is None
         rows['key'].append(r['key']); rows['source'].append(r['source']); rows['reason'].append(res['reason'])
         rows['n_chars'].append(n_chars); rows['text'].append(res['text'] if kept else None)
@@ -128,10 +131,18 @@ def stage1(cfg: CurateConfig) -> list:
 def _load_chunks(out: Path, plan: list, columns=None):
     return [pq.read_table(out / 'chunks' / f'{c}.parquet', columns=columns) for c in plan]
 
+def _concat_chunks(out: Path, plan: list, columns: list) -> pa.Table:
+    "All chunks as one table (an empty one with the right columns when no source yielded a record)."
+    ts = _load_chunks(out, plan, columns)
+    if ts: return pa.concat_tables(ts)
+    types = dict(key=pa.string(), source=pa.string(), reason=pa.string(), quality=pa.float64(), hash=pa.string(),
+                 minhash=pa.binary(), pii=pa.string(), text=pa.string())
+    return pa.table({c: pa.array([], types[c]) for c in columns})
+
 def stage2(cfg: CurateConfig, plan: list) -> dict:
     out = Path(cfg.out_dir)
     if (out / 'selection.json').exists(): return json.loads((out / 'selection.json').read_text())
-    t = pa.concat_tables(_load_chunks(out, plan, ['key', 'source', 'reason', 'quality', 'hash', 'minhash']))
+    t = _concat_chunks(out, plan, ['key', 'source', 'reason', 'quality', 'hash', 'minhash'])
     t = t.filter(pa.compute.is_null(t['reason']))
     keys, srcs, q = t['key'].to_pylist(), t['source'].to_pylist(), t['quality'].to_pylist()
     sigs = [np.frombuffer(b, '<u4') for b in t['minhash'].to_pylist()]
@@ -216,11 +227,11 @@ def curate(cfg: CurateConfig) -> dict:
     else: _write_json(out / 'config.json', dict(fingerprint=fp, config=cfg.to_dict()))
     if (out / 'report.json').exists() and (out / 'shards' / 'index.json').exists():
         return json.loads((out / 'report.json').read_text())
-    for d in ('chunks', 'tokens'):                     # temp files of a crashed run (complete files are never .tmp)
-        for f in (out / d).glob('.*.tmp') if (out / d).exists() else []: f.unlink()
+    _clean_tmp(out)
     times = {}
     t0 = time.time(); plan = stage1(cfg); times['filter'] = time.time() - t0
     t0 = time.time(); sel = stage2(cfg, plan); times['dedup_quality'] = time.time() - t0
+    _check_something_left(out, plan, sel)
     t0 = time.time(); tok = get_tokenizer(cfg, plan, sel); times['tokenizer'] = time.time() - t0
     t0 = time.time(); stage3(cfg, plan, sel, tok); times['tokenize'] = time.time() - t0
     t0 = time.time(); idx = stage4(cfg, plan, tok); times['pack'] = time.time() - t0
@@ -228,16 +239,48 @@ def curate(cfg: CurateConfig) -> dict:
     _write_json(out / 'report.json', rep)
     return rep
 
-def build_report(cfg, plan, sel, idx) -> dict:
-    out = Path(cfg.out_dir)
-    t = pa.concat_tables(_load_chunks(out, plan, ['key', 'source', 'reason', 'pii']))
+def _clean_tmp(out: Path):
+    "Remove what a killed run left half-written: `.*.tmp` files and folders (complete outputs are never `.tmp`)."
+    for d in (out, out / 'chunks', out / 'tokens', out / 'shards'):
+        for f in d.glob('.*.tmp') if d.is_dir() else []:
+            if f.is_dir(): shutil.rmtree(f)                 # a PackWriter (`.shards.*.tmp`) or tokenizer folder
+            else: f.unlink()
+
+def _reasons(out: Path, plan: list, sel: dict):
+    t = _concat_chunks(out, plan, ['key', 'source', 'reason', 'pii'])
     reasons, pii = defaultdict(Counter), defaultdict(Counter)
     for k, s, r, p in zip(*(t[c].to_pylist() for c in ['key', 'source', 'reason', 'pii'])):
         reasons[s][r or sel['dropped'].get(k) or 'kept'] += 1
         for kk, v in json.loads(p).items(): pii[s][kk] += v
+    return reasons, pii
+
+def _check_something_left(out: Path, plan: list, sel: dict):
+    "A clear error (with every record's fate) when no document is left to tokenize and pack."
+    reasons, _ = _reasons(out, plan, sel)
+    if not any(c.get('kept') for c in reasons.values()):
+        raise ValueError(f"nothing to pack in {out}: no document survived reading, filtering and dedup; "
+                         f"records by reason: {({s: dict(c) for s, c in reasons.items()} or 'no records at all')}")
+
+FILE_REASONS = ('empty_file', 'truncated_file', 'corrupt_file', 'unreadable_file')
+
+def _bad_files(cfg, out: Path, plan: list) -> dict:
+    "source -> [{'file', 'reason'}] for every file that was empty or could not be read to its end."
+    t = _concat_chunks(out, plan, ['key', 'source', 'reason'])
+    specs, res = {s.name: s for s in cfg.mixture.sources}, {}
+    for k, s, r in zip(*(t[c].to_pylist() for c in ['key', 'source', 'reason'])):
+        if r not in FILE_REASONS: continue
+        try: files = specs[s].files() if specs[s].kind != 'hf' else []
+        except ValueError: files = []
+        fi = int(k.split('/')[1])
+        res.setdefault(s, []).append(dict(file=files[fi] if fi < len(files) else f'file #{fi}', reason=r))
+    return res
+
+def build_report(cfg, plan, sel, idx) -> dict:
+    out = Path(cfg.out_dir)
+    reasons, pii = _reasons(out, plan, sel)
     mix = mixture_report(idx['source_tokens'], cfg.mixture.targets, idx['source_docs'])
     return dict(fingerprint=cfg.fingerprint(), docs_in={s: sum(c.values()) for s, c in reasons.items()},
-                reasons={s: dict(c) for s, c in reasons.items()}, pii_redacted={s: dict(c) for s, c in pii.items()},
+                reasons={s: dict(c) for s, c in reasons.items()}, bad_files=_bad_files(cfg, out, plan), pii_redacted={s: dict(c) for s, c in pii.items()},
                 dedup=sel['dedup'], quality_thresholds=sel['quality_thresholds'],
                 mixture=mix.reset_index().to_dict('records'), n_seqs=idx['n_seqs'], n_tokens=idx['n_tokens'],
                 n_docs_packed=idx['n_docs'], dropped_tail_tokens=idx['dropped_tail_tokens'], unused_docs=idx['unused_docs'])

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/10_data.sources.ipynb #fb9c22de
 from __future__ import annotations
-import bz2, glob, gzip, io, json, os, random, sysconfig
+import bz2, glob, gzip, io, json, os, random, sysconfig, zlib
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -46,12 +46,19 @@ class SourceSpec:
         if isinstance(self.paths, str): self.paths = [self.paths]
         if self.doc_per not in ('line', 'file'): raise ValueError(f"SourceSpec {self.name!r}: doc_per={self.doc_per!r} must be 'line' or 'file'")
     def files(self) -> list[str]:
-        "Sorted local files matching `paths`; a pattern that matches nothing is an error."
+        "Sorted local files matching `paths` (each file once); a pattern that matches no file, or a bare directory, is an error."
         out = []
         for pat in self.paths:
-            hits = sorted(glob.glob(expand_path(pat), recursive=True))
-            if not hits: raise ValueError(f"SourceSpec {self.name!r}: path pattern {pat!r} matches no file")
-            out += [h for h in hits if os.path.isfile(h)]
+            p = expand_path(pat)
+            if os.path.isdir(p):
+                raise ValueError(f"SourceSpec {self.name!r}: path {pat!r} is a directory; give a pattern of its files, "
+                                 f"e.g. {os.path.join(pat, '*.jsonl')!r}")
+            hits = sorted(glob.glob(p, recursive=True))
+            found = [h for h in hits if os.path.isfile(h)]
+            if not found:
+                raise ValueError(f"SourceSpec {self.name!r}: path pattern {pat!r} matches no file"
+                                 + (f" (only {len(hits)} director{'y' if len(hits) == 1 else 'ies'})" if hits else ''))
+            out += [h for h in found if h not in out]
         return out
 
 # %% ../../nbs/10_data.sources.ipynb #9586ce97
@@ -60,56 +67,97 @@ def _open_bin(path):
     if path.endswith('.bz2'): return bz2.open(path, 'rb')
     return open(path, 'rb')
 
-def _check_text(rec, text, spec):
+_BOM = b'\xef\xbb\xbf'
+
+def _check_text(rec, text, spec=None):
     if not isinstance(text, str): rec['error'] = 'missing_field' if text is None else 'not_text'
     elif not text.strip(): rec['error'] = 'empty'
-    else: rec['text'] = text
+    else:
+        try: text.encode('utf-8')       # a lone surrogate ("\ud800" is valid JSON) cannot be written as UTF-8 anywhere later
+        except UnicodeEncodeError: rec['error'] = 'lone_surrogate'; return rec
+        rec['text'] = text
     return rec
 
+def _file_error(e) -> str:
+    "The reason for an exception raised while reading (not parsing) a file."
+    if isinstance(e, EOFError): return 'truncated_file'              # gzip / bz2 stream cut off
+    if isinstance(e, (PermissionError, FileNotFoundError, IsADirectoryError)): return 'unreadable_file'
+    return 'corrupt_file'                                             # bad gzip header, bad deflate data, bad parquet, ...
+
+def _lines(f, max_bytes):
+    "Raw lines of a binary file object; a line over `max_bytes` comes back as None and is skipped without being held."
+    while True:
+        raw = f.readline(max_bytes + 1)
+        if not raw: return
+        if len(raw) > max_bytes:
+            while not raw.endswith(b'\n') and (raw := f.readline(1 << 20)): pass
+            yield None; continue
+        yield raw
+
+def _parse_line(spec, rec, raw):
+    "Fill `rec` from one raw line; None means the record is not part of this source (`match`)."
+    if raw is None: rec['error'] = 'too_large'; return rec
+    if raw.startswith(_BOM): raw = raw[3:]                           # UTF-8 byte-order mark (line 1, or a concatenated file)
+    try: line = raw.decode('utf-8')
+    except UnicodeDecodeError: rec['error'] = 'invalid_utf8'; return rec
+    if spec.kind == 'txt': return _check_text(rec, line.rstrip('\r\n'))
+    if not line.strip(): rec['error'] = 'empty'; return rec
+    try: obj = json.loads(line)
+    except (ValueError, RecursionError): rec['error'] = 'malformed_json'; return rec
+    if not isinstance(obj, dict): rec['error'] = 'malformed_json'; return rec    # a JSON line must be an object
+    if any(obj.get(k) != v for k, v in spec.match.items()): return None
+    return _check_text(rec, obj.get(spec.text_field))
+
+def _iter_file(spec, fi, path, max_bytes, pos):
+    "Records of one local file; `pos[0]` is the index of the next record (so an error can be keyed after the last one)."
+    if spec.kind == 'parquet': yield from _iter_parquet(spec, fi, path, pos); return
+    if spec.kind == 'txt' and spec.doc_per == 'file':
+        rec = dict(key=f'{spec.name}/{fi}/0', source=spec.name)
+        if os.path.getsize(path) > max_bytes: rec['error'] = 'too_large'
+        else:
+            with _open_bin(path) as f: raw = f.read(max_bytes + 1)
+            if len(raw) > max_bytes: rec['error'] = 'too_large'        # compressed file that inflates past the limit
+            else:
+                try: _check_text(rec, raw.removeprefix(_BOM).decode('utf-8'))
+                except UnicodeDecodeError: rec['error'] = 'invalid_utf8'
+        pos[0] = 1; yield rec; return
+    with _open_bin(path) as f:
+        for raw in _lines(f, max_bytes):
+            rec = _parse_line(spec, dict(key=f'{spec.name}/{fi}/{pos[0]}', source=spec.name), raw)
+            pos[0] += 1
+            if rec is not None: yield rec
+
 def iter_records(spec: SourceSpec, max_bytes: int = 8_000_000) -> Iterator[dict]:
-    "Yield every record of `spec` as a dict with `text` or with an `error` reason. Never raises on bad data."
+    """Yield every record of `spec` as a dict with `text` or with an `error` reason. Never raises on bad data:
+    a file that cannot be read to its end gives one more record with the reason (and `detail`), then the next file is read."""
     if spec.kind == 'hf': yield from _iter_hf(spec); return
     for fi, path in enumerate(spec.files()):
-        if spec.kind == 'parquet': yield from _iter_parquet(spec, fi, path); continue
-        if spec.kind == 'txt' and spec.doc_per == 'file':
-            rec = dict(key=f'{spec.name}/{fi}/0', source=spec.name)
-            if os.path.getsize(path) > max_bytes: rec['error'] = 'too_large'; yield rec; continue
-            with _open_bin(path) as f: raw = f.read()
-            try: yield _check_text(rec, raw.decode('utf-8'), spec)
-            except UnicodeDecodeError: rec['error'] = 'invalid_utf8'; yield rec
-            continue
-        with _open_bin(path) as f:
-            for li, raw in enumerate(f):
-                rec = dict(key=f'{spec.name}/{fi}/{li}', source=spec.name)
-                if len(raw) > max_bytes: rec['error'] = 'too_large'; yield rec; continue
-                try: line = raw.decode('utf-8')
-                except UnicodeDecodeError: rec['error'] = 'invalid_utf8'; yield rec; continue
-                if spec.kind == 'txt': yield _check_text(rec, line.rstrip('\r\n'), spec); continue
-                if not line.strip(): rec['error'] = 'empty'; yield rec; continue
-                try: obj = json.loads(line)
-                except ValueError: rec['error'] = 'malformed_json'; yield rec; continue
-                if not isinstance(obj, dict): rec['error'] = 'malformed_json'; yield rec; continue
-                if any(obj.get(k) != v for k, v in spec.match.items()): continue   # not part of this source
-                yield _check_text(rec, obj.get(spec.text_field), spec)
+        pos = [0]
+        try: yield from _iter_file(spec, fi, path, max_bytes, pos)
+        except (OSError, EOFError, zlib.error, ValueError) as e:
+            if isinstance(e, ValueError) and not type(e).__module__.startswith('pyarrow'): raise   # a config error, not bad data
+            yield dict(key=f'{spec.name}/{fi}/{pos[0]}', source=spec.name, error=_file_error(e),
+                       detail=f'{path}: {type(e).__name__}: {e}'); continue
+        if pos[0] == 0: yield dict(key=f'{spec.name}/{fi}/0', source=spec.name, error='empty_file', detail=path)
 
-def _iter_parquet(spec, fi, path):
+def _iter_parquet(spec, fi, path, pos):
     import pyarrow.parquet as pq
-    pf, li = pq.ParquetFile(path), 0
+    pf = pq.ParquetFile(path)
     cols = [spec.text_field] + [k for k in spec.match if k != spec.text_field]
     if spec.text_field not in pf.schema_arrow.names:
         raise ValueError(f"SourceSpec {spec.name!r}: text_field {spec.text_field!r} not in {path} columns {pf.schema_arrow.names}")
     for batch in pf.iter_batches(columns=cols, batch_size=1024):
         for row in batch.to_pylist():
-            rec = dict(key=f'{spec.name}/{fi}/{li}', source=spec.name); li += 1
+            rec = dict(key=f'{spec.name}/{fi}/{pos[0]}', source=spec.name); pos[0] += 1
             if any(row.get(k) != v for k, v in spec.match.items()): continue
-            yield _check_text(rec, row.get(spec.text_field), spec)
+            yield _check_text(rec, row.get(spec.text_field))
 
 def _iter_hf(spec):
     import datasets
     ds = datasets.load_dataset(spec.hf_name, spec.hf_config, split=spec.split, streaming=spec.streaming)
     for i, row in enumerate(ds):
         if any(row.get(k) != v for k, v in spec.match.items()): continue
-        yield _check_text(dict(key=f'{spec.name}/hf/{i}', source=spec.name), row.get(spec.text_field), spec)
+        yield _check_text(dict(key=f'{spec.name}/hf/{i}', source=spec.name), row.get(spec.text_field))
 
 # %% ../../nbs/10_data.sources.ipynb #56ba3c26
 @dataclass

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/15_data.datatrove.ipynb #ee0f496a
 from __future__ import annotations
-import glob, json, os, random, re, time, uuid
+import glob, io, json, os, random, re, struct, time, uuid
 from collections import Counter, defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +17,9 @@ from datatrove.pipeline.writers import JsonlWriter
 from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig, ExactDedupSignature, ExactFindDedups, ExactDedupFilter
 from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupSignature, MinhashDedupBuckets,
                                               MinhashDedupCluster, MinhashDedupFilter)
+from datatrove.io import get_datafolder
 from datatrove.utils.batching import batched
+from datatrove.utils.binaryio import read_tuples_from_file
 from datatrove.utils.hashing import HashConfig
 from datatrove.utils.word_tokenizers import WordTokenizer
 from .sources import Mixture, iter_records, interleave, mixture_report
@@ -32,8 +34,8 @@ from .pipeline import CurateConfig
 __all__ = ['EXACT_CONFIG', 'STAGES', 'EXECUTORS', 'plan_order', 'MixtureReader', 'RankJsonlReader', 'ReaderErrorFilter',
            'LengthFilter', 'SpamFilter', 'LanguageFilter', 'ProfanityFilter', 'BoilerplateFormatter', 'PIIFormatter',
            'QualityAnnotator', 'exact_content', 'first_task_first', 'minhash_config', 'NormalizedWords',
-           'HybridMinhashSignature', 'QualitySelect', 'QualityCutFilter', 'TokenShardWriter', 'MixturePacker',
-           'datatrove_stages', 'datatrove_pipeline', 'run_datatrove', 'dropped_reasons', 'kept_keys',
+           'HybridMinhashSignature', 'VerifiedMinhashCluster', 'QualitySelect', 'QualityCutFilter', 'TokenShardWriter',
+           'MixturePacker', 'datatrove_stages', 'datatrove_pipeline', 'run_datatrove', 'dropped_reasons', 'kept_keys',
            'datatrove_report', 'inhouse_view']
 
 # %% ../../nbs/15_data.datatrove.ipynb #c8f1790d
@@ -203,12 +205,59 @@ class HybridMinhashSignature(MinhashDedupSignature):
     def __init__(self, output_folder, config: MinhashConfig, num_perm: int = 128):
         super().__init__(str(output_folder), config, language=NormalizedWords())
         if config.num_buckets * config.hashes_per_bucket > num_perm: raise ValueError(f"{config.num_buckets} x {config.hashes_per_bucket} buckets need more than num_perm={num_perm} hashes")
-        self.num_perm = num_perm
+        self.num_perm, self._full = num_perm, []
     def get_shingles(self, text: str) -> np.ndarray:   # here: the whole signature (never empty, as in-house)
         return minhash(text, self.num_perm, self.config.n_grams).hashvalues.astype(np.uint64).reshape(-1, 1)
     def get_signature(self, shingles: np.ndarray) -> list:
         c = self.config; hv = shingles[:c.num_buckets * c.hashes_per_bucket, 0].astype(np.uint32)
+        self._full.append(shingles[:, 0].astype(np.uint32))
         return [x.tolist() for x in np.split(hv, c.num_buckets)]
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        "Datatrove's stage 1, plus every document's full signature in `full/{rank:05d}.npy` (for verifying candidate pairs)."
+        self._full = []
+        super().run(data, rank, world_size)
+        with self.output_folder.open(f'full/{rank:05d}.npy', 'wb') as f:
+            np.save(f, np.stack(self._full) if self._full else np.zeros((0, self.num_perm), np.uint32))
+
+class VerifiedMinhashCluster(PipelineStep):
+    """MinHash stage 3 with the in-house semantics. Datatrove's stage 2 writes, per band, a chain through the documents
+    with equal band hashes; here each chain becomes its group's candidate pairs (what `MinHashLSH.query` returns), a pair
+    counts only if its estimated Jaccard over the full signatures is >= `threshold` (the in-house check), and documents
+    are taken in plan order ((task, index) order): one is removed iff an earlier, kept document is a verified neighbour.
+    Writes datatrove's `{task:06d}.remove` files, read by `MinhashDedupFilter`."""
+    type, name = '🫂 - DEDUP', '🎯 MinHash stage 3 (verified, first copy kept)'
+    def __init__(self, input_folder, sig_folder, output_folder, threshold: float = 0.8):
+        super().__init__()
+        self.input_folder, self.sig_folder, self.output_folder = (get_datafolder(str(f)) for f in (input_folder, sig_folder, output_folder))
+        self.threshold = threshold
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        if world_size != 1: raise ValueError(f"VerifiedMinhashCluster needs exactly 1 task, got {world_size}")
+        cand = set()
+        for fn in self.input_folder.list_files(glob_pattern='*.dups'):
+            parent = {}
+            def find(x):
+                while parent.setdefault(x, x) != x: parent[x] = parent[parent[x]]; x = parent[x]
+                return x
+            with self.input_folder.open(fn, 'rb') as f:
+                for f1, d1, f2, d2 in read_tuples_from_file(f, '4I'): parent[find((f1, d1))] = find((f2, d2))
+            groups = defaultdict(list)
+            for x in list(parent): groups[find(x)].append(x)
+            for g in groups.values():
+                g.sort(); cand.update((a, b) for i, a in enumerate(g) for b in g[i + 1:])
+        sigs = {}
+        def sig(node):
+            if node[0] not in sigs:
+                with self.sig_folder.open(f'full/{node[0]:05d}.npy', 'rb') as f: sigs[node[0]] = np.load(io.BytesIO(f.read()))
+            return sigs[node[0]][node[1]]
+        earlier = defaultdict(list)
+        for a, b in cand:
+            if np.count_nonzero(sig(a) == sig(b)) / len(sig(a)) >= self.threshold: earlier[b].append(a)
+        removed = set()
+        for x in sorted(earlier):
+            if any(y not in removed for y in earlier[x]): removed.add(x)
+        self.stat_update('candidate_pairs', value=len(cand)); self.stat_update('to_remove', value=len(removed))
+        with self.output_folder.get_output_file_manager(mode='wb') as mg:
+            for f, d in sorted(removed): mg.write(f'{f:06d}.remove', struct.pack('<I', d))
 
 # %% ../../nbs/15_data.datatrove.ipynb #48d28506
 def _atomic_json(path, obj):
@@ -225,7 +274,8 @@ class QualitySelect(PipelineStep):
         self.tokenizer, self.tokenizer_vocab = tokenizer, tokenizer_vocab
     def run(self, data, rank: int = 0, world_size: int = 1):
         if world_size != 1: raise ValueError(f"QualitySelect needs exactly 1 task, got {world_size}")
-        docs = sorted(((d.id, d.metadata['source'], d.metadata.get('quality'), d.text) for d in data),
+        train = self.tokenizer is None and not (Path(self.out_dir) / 'tokenizer').exists()
+        docs = sorted(((d.id, d.metadata['source'], d.metadata.get('quality'), d.text if train else None) for d in data),
                       key=lambda r: plan_order(r[0], self.mixture))
         dropped, thresholds = {}, {}
         for s in self.mixture.sources:
@@ -235,7 +285,7 @@ class QualitySelect(PipelineStep):
             thresholds[s.name] = min((r[2] for r, k in zip(rows, keep) if k), default=None)
             dropped.update({r[0]: 'quality' for r, k in zip(rows, keep) if not k})
         out = Path(self.out_dir)
-        if self.tokenizer is None and not (out / 'tokenizer').exists():
+        if train:
             texts = [r[3] for r in docs if r[0] not in dropped]
             random.Random(self.mixture.seed).shuffle(texts)
             tmpd = out / f'.tokenizer.{uuid.uuid4().hex}.tmp'
@@ -336,8 +386,8 @@ def datatrove_stages(cfg: CurateConfig, tasks: int = 2) -> dict:
         'exact_filter': ([rd('filtered'), ExactDedupFilter(str(out / 'dups/exact'), EXACT_CONFIG, exclusion_writer=excl('exact_dup')),
                           JsonlWriter(str(out / 'unique')), HybridMinhashSignature(str(out / 'sigs/minhash'), mh, cfg.num_perm)], tasks),
         'minhash_buckets': ([MinhashDedupBuckets(str(out / 'sigs/minhash'), str(out / 'dups/minhash'), config=mh)], mh.num_buckets),
-        'minhash_cluster': ([MinhashDedupCluster(str(out / 'dups/minhash'), str(out / 'remove/minhash'), config=mh, save_cluster_id=True)], 1),
-        'minhash_filter': ([rd('unique'), MinhashDedupFilter(str(out / 'remove/minhash'), exclusion_writer=excl('near_dup'), load_cluster_ids=True),
+        'minhash_cluster': ([VerifiedMinhashCluster(out / 'dups/minhash', out / 'sigs/minhash', out / 'remove/minhash', cfg.dedup_threshold)], 1),
+        'minhash_filter': ([rd('unique'), MinhashDedupFilter(str(out / 'remove/minhash'), exclusion_writer=excl('near_dup')),
                             JsonlWriter(str(out / 'deduped'))], tasks),
         'select': ([JsonlReader(str(out / 'deduped'), add_file_path=False),
                     QualitySelect(out, cfg.mixture, fc.quality_drop_frac, cfg.tokenizer, cfg.tokenizer_vocab)], 1),

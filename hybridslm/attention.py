@@ -10,7 +10,7 @@ from .layers import RotaryEmbedding, apply_rope
 
 # %% auto #0
 __all__ = ['KVCache', 'build_attn_mask', 'seq_idx_from_position_ids', 'check_seq_idx', 'seq_idx_from_cu_seqlens',
-           'doc_position_ids', 'varlen_cu_seqlens', 'sdpa_gqa', 'GQAttention']
+           'doc_position_ids', 'varlen_cu_seqlens', 'flash_varlen_available', 'sdpa_gqa', 'GQAttention']
 
 # %% ../nbs/02_attention.ipynb #dbd5a9fc
 class KVCache:
@@ -122,6 +122,10 @@ try:
     from flash_attn import flash_attn_varlen_func as _flash_attn_varlen_func
 except Exception:
     _flash_attn_varlen_func = None
+
+def flash_varlen_available() -> bool:
+    "Whether flash-attn's varlen kernel is installed (packed rows then need no mask on CUDA in half precision)."
+    return _flash_attn_varlen_func is not None
 
 def sdpa_gqa(q, k, v, mask=None, causal=True):
     "Attention for q `(B, H, L, hd)` and k/v `(B, Hkv, T, hd)`; causal handled by `mask` or `causal`."

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['EOS', 'FORMAT', 'train_tokenizer', 'packing_tokenizer', 'tokenize', 'PackWriter', 'PackedTokenDataset', 'pack_texts']
+__all__ = ['EOS', 'FORMAT', 'train_tokenizer', 'packing_tokenizer', 'tokenize', 'PackWriter', 'PackedTokenDataset', 'pack_texts',
+           'document_seq_idx', 'document_position_ids']
 
 # %% ../../nbs/13_data.pack.ipynb #11a33312
 EOS = '<|endoftext|>'
@@ -172,3 +173,23 @@ def pack_texts(texts, tokenizer, seq_len: int, out_dir, num_proc: int = 1, seqs_
     w = PackWriter(out_dir, seq_len, len(tokenizer), tokenizer.eos_token_id, seqs_per_shard, overwrite)
     for ids in tokenize(texts, tokenizer, num_proc, batch_size): w.add(ids)
     return w.close(tokenizer=getattr(tokenizer, 'name_or_path', '') or 'in-memory', **meta)
+
+# %% ../../nbs/13_data.pack.ipynb #c8fcb50b
+def _long_rows(ids, what: str) -> torch.Tensor:
+    t = torch.from_numpy(np.asarray(ids).astype(np.int64)) if not torch.is_tensor(ids) else ids
+    if t.ndim not in (1, 2) or t.dtype.is_floating_point or t.dtype == torch.bool or t.shape[-1] < 1:
+        raise ValueError(f"{what}: ids must be a row (L,) or rows (B, L) of integer token ids, got {t.dtype} {tuple(t.shape)}")
+    return t
+
+def document_seq_idx(ids, eos_token_id: int) -> torch.Tensor:
+    "Document index (int32, the shape of `ids`) of each token of packed rows `ids (L,)` or `(B, L)`: a new document starts on the token after each EOS."
+    t = _long_rows(ids, 'document_seq_idx')
+    after = (t[..., :-1] == eos_token_id).to(torch.int32)
+    return torch.cat([torch.zeros_like(t[..., :1], dtype=torch.int32), after.cumsum(-1, dtype=torch.int32)], -1)
+
+def document_position_ids(ids, eos_token_id: int) -> torch.Tensor:
+    "Positions (int64, the shape of `ids`) of packed rows that restart at 0 on the token after each EOS: Hugging Face's padding-free `position_ids`."
+    s = document_seq_idx(ids, eos_token_id)
+    idx = torch.arange(s.shape[-1]).expand_as(s)
+    new = torch.cat([torch.ones_like(s[..., :1], dtype=torch.bool), s[..., 1:] != s[..., :-1]], -1)
+    return idx - torch.where(new, idx, 0).cummax(-1).values

@@ -12,7 +12,8 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast, BaseModelOutputWithPast
 from .config import HybridConfig, count_params
 from .layers import RMSNorm, RMSNormGated, SwiGLU, RotaryEmbedding
-from .attention import GQAttention, KVCache
+from .attention import (GQAttention, KVCache, build_attn_mask, check_seq_idx, seq_idx_from_position_ids,
+                                 seq_idx_from_cu_seqlens, doc_position_ids, varlen_cu_seqlens, flash_varlen_available)
 from .mamba2 import Mamba2Mixer, MambaCache
 
 # %% auto #0
@@ -98,9 +99,11 @@ class HybridBlock(GradientCheckpointingLayer):
         h = h + y.to(h.dtype)
         return h + self.mlp(self.mlp_norm(h).to(self.mlp_norm.weight.dtype)).to(h.dtype), state
 
-    def forward(self, h, position_ids=None, cache=None, key_mask=None, chunk_mask=None):
-        if self.kind == 'M': return self.step(h, lambda x: (self.mixer(x, cache=cache, mask=chunk_mask), None))[0]
-        return self.step(h, lambda x: (self.mixer(x, position_ids=position_ids, cache=cache, key_mask=key_mask), None))[0]
+    def forward(self, h, position_ids=None, cache=None, key_mask=None, chunk_mask=None, seq_idx=None, attn_mask=None, varlen=None):
+        "Packed rows: `seq_idx` for a Mamba mixer, the block-diagonal `attn_mask` (and flash-attn's `varlen`) for attention."
+        if self.kind == 'M': return self.step(h, lambda x: (self.mixer(x, cache=cache, mask=chunk_mask, seq_idx=seq_idx), None))[0]
+        return self.step(h, lambda x: (self.mixer(x, position_ids=position_ids, cache=cache, key_mask=key_mask,
+                                                  attn_mask=attn_mask, varlen=varlen), None))[0]
 
 # %% ../../nbs/04_model.ipynb #43cc3482
 class HybridPreTrainedModel(PreTrainedModel):
@@ -165,7 +168,8 @@ class HybridModel(HybridPreTrainedModel):
         return HybridCache([b.mixer.allocate_cache(batch, max_len, dtype=dtype, device=device) for b in self.layers])
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, use_cache=None, output_hidden_states=False, return_dict=True, **kwargs):
+                inputs_embeds=None, use_cache=None, output_hidden_states=False, return_dict=True, seq_idx=None,
+                cu_seqlens=None, **kwargs):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if input_ids is not None and input_ids.numel() and not input_ids.is_cuda:   # (a GPU check would sync every step)
@@ -179,6 +183,13 @@ class HybridModel(HybridPreTrainedModel):
         cache = past_key_values
         if use_cache and cache is None: cache = self.allocate_cache(B, max(L, 256), device=h.device)
         past = cache.seqlen if cache is not None else 0
+        given_pos, docs = position_ids, None          # docs: the document index (B, L) of packed rows
+        if seq_idx is not None or cu_seqlens is not None:
+            if seq_idx is not None and cu_seqlens is not None: raise ValueError("pass seq_idx or cu_seqlens, not both")
+            if past: raise ValueError(f"packed rows (seq_idx / cu_seqlens) need a forward without cached positions, got {past} cached")
+            docs = (check_seq_idx(seq_idx, B, L).to(h.device) if seq_idx is not None
+                    else seq_idx_from_cu_seqlens(cu_seqlens, B, L, h.device))
+            if position_ids is None: position_ids = doc_position_ids(docs)
         key_mask = chunk_mask = None
         if attention_mask is not None:
             if attention_mask.shape[-1] != past + L:
@@ -187,13 +198,19 @@ class HybridModel(HybridPreTrainedModel):
                 key_mask = attention_mask
                 chunk_mask = attention_mask[:, -L:] if not bool(attention_mask[:, -L:].all()) else None
             if position_ids is None: position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -L:]
+        if docs is None and given_pos is not None and past == 0 and L > 1 and key_mask is None:
+            docs = seq_idx_from_position_ids(given_pos.expand(B, L))     # HF's convention: positions restarting at 0
         if position_ids is None: position_ids = torch.arange(past, past + L, device=h.device)[None].expand(B, L)
+        attn_mask = varlen = None                       # built once here, shared by every attention layer
+        if docs is not None and 'A' in self.config.layer_pattern:
+            attn_mask = build_attn_mask(L, 0, key_mask, h.device, seq_idx=docs)
+            if flash_varlen_available() and h.is_cuda and key_mask is None: varlen = varlen_cu_seqlens(docs)
         if self.config.residual_in_fp32: h = h.float()
         hidden_states = [] if output_hidden_states else None
         for i, block in enumerate(self.layers):
             if output_hidden_states: hidden_states.append(h)
             h = block(h, position_ids=position_ids, cache=None if cache is None else cache.layers[i],
-                      key_mask=key_mask, chunk_mask=chunk_mask)
+                      key_mask=key_mask, chunk_mask=chunk_mask, seq_idx=docs, attn_mask=attn_mask, varlen=varlen)
         h = self.norm(h).to(self.norm.weight.dtype)
         if output_hidden_states: hidden_states.append(h)
         if cache is not None: cache.advance(L)
@@ -232,10 +249,12 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, logits_to_keep: int = 0,
-                output_hidden_states=False, return_dict=True, **kwargs):
+                output_hidden_states=False, return_dict=True, seq_idx=None, cu_seqlens=None, **kwargs):
+        """Packed rows (several documents in one row, computed as if each ran alone): `position_ids` restarting at 0 where
+        a document starts (Hugging Face's padding-free convention), or `seq_idx (B, L)`, or `cu_seqlens`."""
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
-                         output_hidden_states=output_hidden_states)
+                         output_hidden_states=output_hidden_states, seq_idx=seq_idx, cu_seqlens=cu_seqlens)
         h = out.last_hidden_state
         if logits_to_keep: h = h[:, -logits_to_keep:]
         if labels is not None and self.config.loss_chunk_tokens:      # the logits are never materialised whole

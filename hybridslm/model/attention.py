@@ -9,7 +9,8 @@ from .config import HybridConfig
 from .layers import RotaryEmbedding, apply_rope
 
 # %% auto #0
-__all__ = ['KVCache', 'build_attn_mask', 'sdpa_gqa', 'GQAttention']
+__all__ = ['KVCache', 'build_attn_mask', 'seq_idx_from_position_ids', 'check_seq_idx', 'seq_idx_from_cu_seqlens',
+           'doc_position_ids', 'varlen_cu_seqlens', 'flash_varlen_available', 'sdpa_gqa', 'GQAttention']
 
 # %% ../../nbs/02_attention.ipynb #dbd5a9fc
 class KVCache:
@@ -43,11 +44,18 @@ class KVCache:
     def nbytes(self): return self.k.numel() * self.k.element_size() * 2
 
 # %% ../../nbs/02_attention.ipynb #2ed0cb18
-def build_attn_mask(L: int, past: int, key_mask: torch.Tensor | None = None, device=None):
+def build_attn_mask(L: int, past: int, key_mask: torch.Tensor | None = None, device=None, seq_idx: torch.Tensor | None = None):
     """Boolean mask `(B|1, 1, L, past+L)` (True = attend) or None when plain causal SDPA is exact.
-    `key_mask` `(B, past+L)` marks real (1) vs padding (0) tokens."""
+    `key_mask` `(B, past+L)` marks real (1) vs padding (0) tokens. `seq_idx` `(B, L)`: the document of each token of
+    packed rows; a query then sees only the earlier keys of its own document (block-diagonal causal, `(B, 1, L, L)`)."""
     T = past + L
     if key_mask is not None and bool(key_mask.all()): key_mask = None
+    if seq_idx is not None:
+        if past: raise ValueError(f"document boundaries (seq_idx) need a forward from an empty cache, got {past} cached positions")
+        m = torch.ones(L, L, dtype=torch.bool, device=seq_idx.device).tril() & (seq_idx[:, None, :, None] == seq_idx[:, None, None, :])
+        if key_mask is not None:
+            m = (m & key_mask.bool()[:, None, None, :]) | torch.eye(L, dtype=torch.bool, device=m.device)
+        return m
     if key_mask is None and (past == 0 or L == 1): return None
     qpos = torch.arange(past, T, device=device)[:, None]
     kpos = torch.arange(T, device=device)[None, :]
@@ -57,11 +65,67 @@ def build_attn_mask(L: int, past: int, key_mask: torch.Tensor | None = None, dev
         m = m | (kpos == qpos)[None, None]                          # always see yourself: no all-masked rows
     return m
 
+# %% ../../nbs/02_attention.ipynb #e4a21673
+def seq_idx_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor | None:
+    """Document index `(B, L)` (int32) of rows whose `position_ids (B, L)` restart at 0 where a document starts (Hugging
+    Face's padding-free convention); None when no row restarts (no boundary: nothing to mask)."""
+    starts = position_ids[:, 1:] == 0
+    if not bool(starts.any()): return None
+    return torch.cat([torch.zeros_like(position_ids[:, :1], dtype=torch.int32), starts.cumsum(-1, dtype=torch.int32)], 1)
+
+def check_seq_idx(seq_idx, B: int, L: int) -> torch.Tensor:
+    "`seq_idx` as int32 after checking it: an integer tensor `(B, L)`, non-decreasing along each row (checked on CPU only: on GPU it would synchronise)."
+    if (not torch.is_tensor(seq_idx) or seq_idx.dtype.is_floating_point or seq_idx.dtype.is_complex or seq_idx.dtype == torch.bool
+            or tuple(seq_idx.shape) != (B, L)):
+        raise ValueError(f"seq_idx must be an integer tensor of shape (batch, length) = ({B}, {L}), got "
+                         f"{type(seq_idx).__name__} {getattr(seq_idx, 'dtype', '')} shape {tuple(getattr(seq_idx, 'shape', ()))}")
+    if not seq_idx.is_cuda and L > 1 and bool((seq_idx[:, 1:] < seq_idx[:, :-1]).any()):
+        raise ValueError("seq_idx must be non-decreasing along each row: a document is one contiguous span")
+    return seq_idx.to(torch.int32)
+
+def seq_idx_from_cu_seqlens(cu_seqlens, B: int, L: int, device=None) -> torch.Tensor:
+    """Document index `(B, L)` from flash-attn's `cu_seqlens`: cumulative document lengths over the B*L tokens of the
+    flattened batch, `[0, ..., B*L]`, strictly increasing, with every row start a document start."""
+    cu = cu_seqlens
+    if not torch.is_tensor(cu) or cu.ndim != 1 or cu.dtype.is_floating_point or cu.dtype == torch.bool or len(cu) < 2:
+        raise ValueError(f"cu_seqlens must be a 1-D integer tensor [0, ..., batch*length], got "
+                         f"{type(cu).__name__} {getattr(cu, 'dtype', '')} shape {tuple(getattr(cu, 'shape', ()))}")
+    c = cu.long().cpu()
+    if int(c[0]) != 0 or int(c[-1]) != B * L or bool((c[1:] <= c[:-1]).any()):
+        raise ValueError(f"cu_seqlens must rise strictly from 0 to batch*length = {B * L}, got {c.tolist()[:8]}{'...' if len(c) > 8 else ''}")
+    if not bool(torch.isin(torch.arange(0, B * L, L), c).all()):
+        raise ValueError(f"cu_seqlens has a document crossing from one row to the next (rows of {L} tokens)")
+    seq = torch.searchsorted(c[1:], torch.arange(B * L), right=True).view(B, L)
+    return (seq - seq[:, :1]).to(device=device if device is not None else cu.device, dtype=torch.int32)
+
+def doc_position_ids(seq_idx: torch.Tensor) -> torch.Tensor:
+    "Positions `(B, L)` that restart at 0 at every document start of `seq_idx (B, L)`: the RoPE positions of packed rows."
+    B, L = seq_idx.shape
+    idx = torch.arange(L, device=seq_idx.device).expand(B, L)
+    new = torch.cat([torch.ones_like(seq_idx[:, :1], dtype=torch.bool), seq_idx[:, 1:] != seq_idx[:, :-1]], 1)
+    return idx - torch.where(new, idx, 0).cummax(-1).values
+
+def varlen_cu_seqlens(seq_idx: torch.Tensor) -> tuple[torch.Tensor, int]:
+    "flash-attn varlen's `(cu_seqlens (n_docs + 1,) int32, max_seqlen)` for the B*L flattened tokens of rows split by `seq_idx (B, L)`."
+    B, L = seq_idx.shape
+    new = torch.cat([torch.ones_like(seq_idx[:, :1], dtype=torch.bool), seq_idx[:, 1:] != seq_idx[:, :-1]], 1)
+    starts = new.flatten().nonzero().squeeze(1)
+    cu = torch.cat([starts, starts.new_tensor([B * L])]).to(torch.int32)
+    return cu, int((cu[1:] - cu[:-1]).max())
+
 # %% ../../nbs/02_attention.ipynb #e4d543a0
 try:
     from flash_attn import flash_attn_func as _flash_attn_func   # optional: users who have it installed
 except Exception:                                                 # ImportError, or a broken CUDA build
     _flash_attn_func = None
+try:
+    from flash_attn import flash_attn_varlen_func as _flash_attn_varlen_func
+except Exception:
+    _flash_attn_varlen_func = None
+
+def flash_varlen_available() -> bool:
+    "Whether flash-attn's varlen kernel is installed (packed rows then need no mask on CUDA in half precision)."
+    return _flash_attn_varlen_func is not None
 
 def sdpa_gqa(q, k, v, mask=None, causal=True):
     "Attention for q `(B, H, L, hd)` and k/v `(B, Hkv, T, hd)`; causal handled by `mask` or `causal`."
@@ -116,14 +180,22 @@ class GQAttention(nn.Module):
             y = sdpa_gqa(q, k, v, mask, causal).transpose(1, 2)
         return self.o_proj(y.reshape(B, L, self.n_heads * self.hd))
 
-    def forward(self, x, position_ids=None, cache: KVCache | None = None, key_mask=None):
-        "x `(B, L, d)`; `position_ids` `(B, L)`; `key_mask` `(B, past+L)` with 0 at padding."
+    def forward(self, x, position_ids=None, cache: KVCache | None = None, key_mask=None, attn_mask=None, varlen=None):
+        """x `(B, L, d)`; `position_ids` `(B, L)`; `key_mask` `(B, past+L)` with 0 at padding. Packed rows: `attn_mask`, the
+        block-diagonal mask of `build_attn_mask(..., seq_idx=)` (used instead of one built here), and `varlen`, its
+        `varlen_cu_seqlens` (flash-attn's varlen kernel when installed, on CUDA in half precision)."""
         B, L, _ = x.shape
         past = cache.seqlen if cache is not None else 0
         if position_ids is None:
             position_ids = torch.arange(past, past + L, device=x.device)[None].expand(B, L)
         q, k, v = self.qkv(x, position_ids)
         if cache is not None: k, v = cache.update(k, v)
-        mask = build_attn_mask(L, past, key_mask, device=x.device)
+        if (varlen is not None and _flash_attn_varlen_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+                and k.shape[2] == L):
+            cu, mx = varlen
+            flat = lambda t: t.transpose(1, 2).reshape(B * L, t.shape[1], self.hd)
+            y = _flash_attn_varlen_func(flat(q), flat(k), flat(v), cu, cu, mx, mx, causal=True)
+            return self.o_proj(y.reshape(B, L, self.n_heads * self.hd))
+        mask = attn_mask if attn_mask is not None else build_attn_mask(L, past, key_mask, device=x.device)
         return self.attend(q, k, v, mask, flash=x.dtype in (torch.float16, torch.bfloat16))
 

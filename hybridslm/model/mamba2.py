@@ -20,9 +20,11 @@ def _segsum_exp(a):
     causal = torch.ones(T, T, dtype=torch.bool, device=a.device).tril()
     return torch.exp(seg.masked_fill(~causal, float('-inf')))
 
-def ssd_chunked(x, dt, A, B, C, chunk_size: int = 256, D=None, initial_state=None):
+def ssd_chunked(x, dt, A, B, C, chunk_size: int = 256, D=None, initial_state=None, seq_idx=None):
     """Chunked SSD scan. x `(b,l,h,p)`, dt `(b,l,h)` (post-softplus), A `(h,)`, B/C `(b,l,g,n)`, D `(h,)`,
-    initial_state `(b,h,p,n)`. Returns y `(b,l,h,p)` (float32) and the final state `(b,h,p,n)` (float32)."""
+    initial_state `(b,h,p,n)`. Returns y `(b,l,h,p)` (float32) and the final state `(b,h,p,n)` (float32).
+    `seq_idx (b, l)`: non-decreasing document index of packed rows; the state restarts from zero at each document
+    start (`initial_state` belongs to the row's first document; the final state is its last document's)."""
     b, l, h, p = x.shape
     g, n = B.shape[-2:]
     r = h // g
@@ -33,6 +35,10 @@ def ssd_chunked(x, dt, A, B, C, chunk_size: int = 256, D=None, initial_state=Non
         x, dt = F.pad(x, (0, 0, 0, 0, 0, pad)), F.pad(dt, (0, 0, 0, pad))
         B, C = F.pad(B, (0, 0, 0, 0, 0, pad)), F.pad(C, (0, 0, 0, 0, 0, pad))
     c = (l + pad) // Q
+    if seq_idx is not None:                                          # padding continues the last document
+        si = seq_idx.to(device=x.device, dtype=torch.int32)
+        sc = torch.cat([si, si[:, -1:].expand(b, pad)], 1).view(b, c, Q)
+        e = torch.cat([si[:, :1], sc[..., -1]], 1)                   # (b, c+1) document at each chunk boundary
     xdt = (x * dt[..., None]).view(b, c, Q, g, r, p)                 # Δ x
     a = (dt * A).view(b, c, Q, h).permute(0, 1, 3, 2)                # (b, c, h, Q)   log-decay per step
     acum = a.cumsum(-1)                                              # (b, c, h, Q)
@@ -40,19 +46,24 @@ def ssd_chunked(x, dt, A, B, C, chunk_size: int = 256, D=None, initial_state=Non
     # 1. intra-chunk (quadratic) term
     CB = torch.einsum('bclgn,bcsgn->bcgls', Cc, Bc)                  # (b, c, g, Q, Q)
     Lm = _segsum_exp(a).view(b, c, g, r, Q, Q)
+    if seq_idx is not None: Lm = Lm * (sc[..., :, None] == sc[..., None, :])[:, :, None, None]      # same document only
     y = torch.einsum('bcgls,bcgrls,bcsgrp->bclgrp', CB, Lm, xdt)
     # 2. state contributed by each chunk
     decay_to_end = torch.exp(acum[..., -1:] - acum).view(b, c, g, r, Q)
+    if seq_idx is not None: decay_to_end = decay_to_end * (sc == sc[..., -1:])[:, :, None, None]    # the chunk's last document
     S = torch.einsum('bcsgn,bcgrs,bcsgrp->bcgrpn', Bc, decay_to_end, xdt)
     # 3. pass states across chunks
     h0 = (torch.zeros(b, h, p, n, device=x.device) if initial_state is None else initial_state.float())
     S = torch.cat([h0.view(b, 1, g, r, p, n), S], 1)                # (b, c+1, g, r, p, n)
     chunk_decay = F.pad(acum[..., -1], (0, 0, 1, 0))                 # (b, c+1, h)
     Lc = _segsum_exp(chunk_decay.transpose(1, 2)).view(b, g, r, c + 1, c + 1)
+    if seq_idx is not None: Lc = Lc * (e[:, :, None] == e[:, None, :])[:, None, None]              # no boundary between
     Hs = torch.einsum('bgrij,bjgrpn->bigrpn', Lc, S)                # state entering chunk i (i=c: final)
     H_in, final = Hs[:, :-1], Hs[:, -1].reshape(b, h, p, n)
     # 4. incoming state seen from inside each chunk
-    y = y + torch.einsum('bclgn,bcgrpn,bcgrl->bclgrp', Cc, H_in, torch.exp(acum).view(b, c, g, r, Q))
+    decay_in = torch.exp(acum).view(b, c, g, r, Q)
+    if seq_idx is not None: decay_in = decay_in * (sc == e[:, :-1, None])[:, :, None, None]          # still that document
+    y = y + torch.einsum('bclgn,bcgrpn,bcgrl->bclgrp', Cc, H_in, decay_in)
     y = y.reshape(b, c * Q, h, p)[:, :l]
     if D is not None: y = y + x[:, :l] * D.float()[:, None]
     return y, final
@@ -172,8 +183,16 @@ class Mamba2Mixer(nn.Module):
         lo, hi = self.dt_limit
         return dt if (lo, hi) == (0.0, float('inf')) else dt.clamp(lo, hi)
 
-    def _conv(self, xfull):
-        "SiLU of the causal depthwise conv of `xfull (b, conv_dim, d_conv - 1 + l)` (history, then new inputs) -> `(b, l, conv_dim)`."
+    def _conv(self, xfull, seq_idx=None):
+        """SiLU of the causal depthwise conv of `xfull (b, conv_dim, d_conv - 1 + l)` (history, then new inputs) -> `(b, l, conv_dim)`.
+        `seq_idx (b, l)`: packed rows; the window restarts at each document start (the history is the first document's)."""
+        if seq_idx is not None:    # d_conv shifted multiply-adds, each tap zero where it would reach into an earlier document
+            w, L = self.conv1d.weight[:, 0], xfull.shape[-1] - self.d_conv + 1
+            sp = torch.cat([seq_idx[:, :1].expand(-1, self.d_conv - 1), seq_idx], 1)
+            acc = sum(xfull[..., k:k + L] * w[:, k:k + 1] * (sp[:, k:k + L] == seq_idx)[:, None].to(xfull.dtype)
+                      for k in range(self.d_conv))
+            if self.conv1d.bias is not None: acc = acc + self.conv1d.bias[:, None]
+            return F.silu(acc).transpose(1, 2)
         if torch.compiler.is_compiling() and _CONV_AS_SHIFTS:   # the same conv as d_conv shifted multiply-adds, which inductor fuses with the SiLU
             w, L = self.conv1d.weight[:, 0].float(), xfull.shape[-1] - self.d_conv + 1
             acc = sum(xfull[..., k:k + L].float() * w[:, k:k + 1] for k in range(self.d_conv))
@@ -181,10 +200,18 @@ class Mamba2Mixer(nn.Module):
             return F.silu(acc).to(xfull.dtype).transpose(1, 2)
         return F.silu(F.conv1d(xfull, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)).transpose(1, 2)
 
-    def prefill(self, u, state=None, mask=None, pad_to_chunk: bool = False):
+    def prefill(self, u, state=None, mask=None, pad_to_chunk: bool = False, seq_idx=None):
         """Functional chunked forward: u `(b, l, d_model)` continuing from `state = (conv_state, ssm_state)` (None: empty)
         -> `(y, (conv_state, ssm_state))`; mutates nothing. `mask (b, l)`: 0 at left padding. `pad_to_chunk`: always pad
-        to a chunk multiple (`ssd_padded`, no kernels), so that an exported graph keeps the length symbolic."""
+        to a chunk multiple (`ssd_padded`, no kernels), so that an exported graph keeps the length symbolic. `seq_idx
+        (b, l)`: packed rows, the non-decreasing document index of each token; conv window and SSM state restart from zero
+        at each document start (`state` continues the first document; the state returned is the last document's)."""
+        if seq_idx is not None:
+            if pad_to_chunk: raise ValueError("Mamba2Mixer.prefill: seq_idx and pad_to_chunk do not combine")
+            if tuple(seq_idx.shape) != tuple(u.shape[:2]) or seq_idx.dtype.is_floating_point or seq_idx.dtype == torch.bool:
+                raise ValueError(f"Mamba2Mixer: seq_idx must be an integer tensor of shape (batch, length) = {tuple(u.shape[:2])}, "
+                                 f"got {seq_idx.dtype} {tuple(seq_idx.shape)}")
+            seq_idx = (seq_idx - seq_idx[:, :1]).to(torch.int32)       # rows start at document 0 (the kernels' convention)
         b, l, _ = u.shape
         z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, self.nheads], -1)
         if mask is not None:
@@ -193,7 +220,7 @@ class Mamba2Mixer(nn.Module):
         # causal depthwise conv over [conv history | new inputs]; no history: the conv's d_conv-1 implicit zeros
         xt = xBC.transpose(1, 2)                                           # (b, conv_dim, l)
         xfull = (F.pad(xt, (self.d_conv - 1, 0)) if state is None else torch.cat([state[0][..., 1:].to(xt.dtype), xt], -1))
-        x, B, C = torch.split(self._conv(xfull), [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
+        x, B, C = torch.split(self._conv(xfull, seq_idx), [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
         A = -torch.exp(self.A_log.float())
         h0 = state[1].float() if state is not None else None
         x4, B4, C4 = (x.reshape(b, l, self.nheads, self.headdim), B.reshape(b, l, self.ngroups, self.d_state),
@@ -202,12 +229,17 @@ class Mamba2Mixer(nn.Module):
         if mask is not None: dtp = torch.where(mask.bool()[..., None], dtp, torch.zeros((), device=dtp.device))
         kern = None if pad_to_chunk else self._kernels(u)
         if kern is not None:
+            kw = {} if seq_idx is None else {'seq_idx': seq_idx.contiguous()}
             y, hT = _run_kernel(kern[0], x4, dtp.to(x4.dtype) if x4.dtype != torch.float32 else dtp, A, B4, C4, self.chunk_size,
-                            D=self.D.float(), initial_states=h0, dt_softplus=False, return_final_states=True)
-        else:
-            y, hT = (ssd_padded if pad_to_chunk else ssd_chunked)(x4, dtp, A, B4, C4, self.chunk_size, self.D, h0)
+                            D=self.D.float(), initial_states=h0, dt_softplus=False, return_final_states=True, **kw)
+        elif pad_to_chunk: y, hT = ssd_padded(x4, dtp, A, B4, C4, self.chunk_size, self.D, h0)
+        else: y, hT = ssd_chunked(x4, dtp, A, B4, C4, self.chunk_size, self.D, h0, seq_idx=seq_idx)
         y = self.norm(y.reshape(b, l, self.d_inner).to(u.dtype), z)
-        return self.out_proj(y), (xfull[..., -self.d_conv:], hT)
+        cs = xfull[..., -self.d_conv:]
+        if seq_idx is not None:    # the conv window kept for decoding holds only the last document's inputs
+            last = torch.cat([seq_idx[:, :1].expand(-1, self.d_conv - 1), seq_idx], 1)[:, -self.d_conv:]
+            cs = cs * (last == seq_idx[:, -1:])[:, None].to(cs.dtype)
+        return self.out_proj(y), (cs, hT)
 
     def step(self, u, state, use_kernel: bool = True):
         """Functional decoding step: u `(b, 1, d_model)` and `state = (conv_state, ssm_state)` -> `(y, new state)`, the new
@@ -256,11 +288,13 @@ class Mamba2Mixer(nn.Module):
         if advance: cache.seqlen += 1
         return y
 
-    def forward(self, u, cache: MambaCache | None = None, mask=None):
-        "u `(b, l, d_model)` -> `(b, l, d_model)`: `prefill`, or `step_cache` for one token after a cached prefix; updates `cache` in place when given."
+    def forward(self, u, cache: MambaCache | None = None, mask=None, seq_idx=None):
+        """u `(b, l, d_model)` -> `(b, l, d_model)`: `prefill`, or `step_cache` for one token after a cached prefix; updates
+        `cache` in place when given. `seq_idx (b, l)`: packed rows' document index (see `prefill`)."""
         l = u.shape[1]
         if cache is not None and cache.seqlen > 0 and l == 1 and mask is None: return self.step_cache(u, cache)
-        y, (cs, st) = self.prefill(u, (cache.conv_state, cache.ssm_state) if cache is not None and cache.seqlen > 0 else None, mask)
+        y, (cs, st) = self.prefill(u, (cache.conv_state, cache.ssm_state) if cache is not None and cache.seqlen > 0 else None, mask,
+                                   seq_idx=seq_idx)
         if cache is not None:
             cache.conv_state.copy_(cs); cache.ssm_state.copy_(st); cache.seqlen += l
         return y

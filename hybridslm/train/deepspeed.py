@@ -11,7 +11,7 @@ from .optim import make_optimizer, param_groups
 from .checkpoint import (CheckpointError, RESUME_FIELDS, latest_checkpoint, list_checkpoints, make_tmp_dir,
                                         checkpoint_files, hash_files, write_manifest, read_manifest, verify_checkpoint,
                                         read_trainer_state, resume_latest, clean_incomplete, check_writable)
-from .loop import TrainArgs, Backend, StepResult, train_loop, evaluate
+from .loop import TrainArgs, Backend, StepResult, train_loop, evaluate, split_batch
 from .monitor import step_metrics, memory_stats
 
 # %% auto #0
@@ -290,9 +290,9 @@ class DeepSpeedBackend(Backend):
         engine, dist, world, flags = self.engine, torch.distributed, self.world, self.flags
         loss_sum, tokens, ids_prev = 0.0, 0, None
         for k in range(grad_accum):
-            ids = next_batch()
+            ids, kw = split_batch(next_batch())
             engine.set_gradient_accumulation_boundary(k == grad_accum - 1)
-            loss = engine(ids, labels=ids, use_cache=False).loss
+            loss = engine(ids, labels=ids, use_cache=False, **kw).loss
             gl = loss.detach().float().clone(); dist.all_reduce(gl); gl /= world      # every rank sees the same verdict
             if not torch.isfinite(gl): break
             engine.backward(loss); ids_prev = ids

@@ -17,16 +17,17 @@ from .checkpoint import (save_checkpoint, load_checkpoint, latest_checkpoint, re
                                         check_writable, CheckpointError, RESUME_FIELDS)
 from .monitor import step_metrics
 from ..model import compile_blocks, uncompile_blocks
+from ..data.pack import document_seq_idx
 
 # %% auto #0
 __all__ = ['RESUME_WARN_FIELDS', 'TokenSequences', 'BatchSampler', 'fetch_batch', 'TrainArgs', 'evaluate', 'unigram_loss',
            'budget_steps', 'count_bad_step', 'TrainingInterrupted', 'StopOnSignal', 'resume_state', 'StepResult',
-           'Backend', 'TorchBackend', 'train_loop', 'fit']
+           'document_eos', 'packed_batch', 'split_batch', 'Backend', 'TorchBackend', 'train_loop', 'fit']
 
 # %% ../../nbs/22_train.loop.ipynb #9ceabd8e
 class TokenSequences(Dataset):
-    "Non-overlapping rows of `seq_len` tokens from a 1-D token array (the tail that doesn't fill a row is dropped)."
-    def __init__(self, tokens, seq_len: int):
+    "Non-overlapping rows of `seq_len` tokens from a 1-D token array (the tail that doesn't fill a row is dropped); `eos_token_id`: the id separating its documents, if any."
+    def __init__(self, tokens, seq_len: int, eos_token_id: int | None = None):
         if not isinstance(seq_len, numbers.Integral) or isinstance(seq_len, bool) or seq_len < 2:
             raise ValueError(f"seq_len must be an integer >= 2 (a row predicts its last seq_len - 1 tokens), got {seq_len!r}")
         arr = np.asarray(tokens)
@@ -36,6 +37,7 @@ class TokenSequences(Dataset):
         tokens = torch.as_tensor(arr, dtype=torch.long)
         if len(tokens) < seq_len: raise ValueError(f"only {len(tokens)} tokens, fewer than one sequence of seq_len={seq_len}")
         self.seq_len, n = int(seq_len), len(tokens) // seq_len
+        self.eos_token_id = eos_token_id
         self.rows = tokens[:n * seq_len].view(n, seq_len)
     def __len__(self): return len(self.rows)
     def __getitem__(self, i): return self.rows[i]
@@ -97,6 +99,7 @@ class TrainArgs:
     resume: str | None = None        # None, 'auto' (newest loadable in out_dir/checkpoints) or a checkpoint path
     progress: bool = True
     peak_tflops: float | None = None     # peak TFLOP/s of one device, for MFU where the device isn't known (CPUs)
+    document_mask: bool = True       # packed rows: each document sees only itself (boundaries after each EOS); False: rows trained whole
 
     def __post_init__(self):
         def bad(f, want): raise ValueError(f"TrainArgs.{f} must be {want}, got {getattr(self, f)!r}")
@@ -115,7 +118,7 @@ class TrainArgs:
         for f in ('time_budget_s', 'peak_tflops'):
             v = getattr(self, f)
             if v is not None and (not is_num(v) or v <= 0): bad(f, 'None or a finite number > 0')
-        for f in ('grad_checkpointing', 'compile', 'cuda_graphs', 'progress'):
+        for f in ('grad_checkpointing', 'compile', 'cuda_graphs', 'progress', 'document_mask'):
             if not isinstance(getattr(self, f), bool): bad(f, 'True or False')
         if self.precision not in ('auto', 'bf16', 'fp32'): bad('precision', "'auto', 'bf16' or 'fp32'")
         if self.out_dir is not None and (not isinstance(self.out_dir, (str, os.PathLike)) or not str(self.out_dir).strip()):
@@ -240,6 +243,32 @@ class StepResult:
     tokens: int = 0
     seq_len: int = 0
 
+def document_eos(args: TrainArgs, data, config=None) -> int | None:
+    "The EOS id splitting packed rows into documents (`args.document_mask`: the dataset's `eos_token_id`, else `config`'s); None: rows are trained whole."
+    if not args.document_mask: return None
+    eos = getattr(data, 'eos_token_id', None)
+    if eos is None: eos = getattr(config, 'eos_token_id', None)
+    if not isinstance(eos, numbers.Integral) or isinstance(eos, bool): return None
+    if args.cuda_graphs:
+        warnings.warn("TrainArgs.cuda_graphs=True captures fixed inputs: packed rows are trained whole, without document "
+                      "masking (document_mask=False silences this)")
+        return None
+    return int(eos)
+
+def packed_batch(ids: torch.Tensor, eos_token_id: int | None, device) -> torch.Tensor | dict:
+    """A micro-batch as backends receive it: `ids (B, L)` on `device`, or, when `eos_token_id` is given and some row holds a
+    document boundary, `{'input_ids': ids, 'seq_idx': document index (B, L)}` (found on the CPU before the copy: no device sync)."""
+    if eos_token_id is not None:
+        si = document_seq_idx(ids, eos_token_id)
+        if bool(si[:, -1].any()):
+            return {'input_ids': ids.to(device, non_blocking=True), 'seq_idx': si.to(device, non_blocking=True)}
+    return ids.to(device, non_blocking=True)
+
+def split_batch(batch) -> tuple[torch.Tensor, dict]:
+    "`(input_ids, extra model kwargs)` of a `packed_batch`: `model(ids, labels=ids, **kwargs)`."
+    if isinstance(batch, dict): return batch['input_ids'], {k: v for k, v in batch.items() if k != 'input_ids'}
+    return batch, {}
+
 class Backend:
     "What `train_loop` asks of whatever owns the optimiser; the defaults are those of a single process."
     rank, world = 0, 1
@@ -251,7 +280,8 @@ class Backend:
     def begin(self) -> None: "Ready the model for training, after any resume."
     def set_lr(self, lr: float) -> None: raise NotImplementedError
     def step(self, next_batch, grad_accum: int) -> StepResult:
-        "Forward/backward `grad_accum` micro-batches from `next_batch()` and apply the step, or discard it and say why."
+        """Forward/backward `grad_accum` micro-batches from `next_batch()` and apply the step, or discard it and say why.
+        A micro-batch is a `packed_batch`: `ids, kw = split_batch(next_batch())`, then `model(ids, labels=ids, **kw)`."""
         raise NotImplementedError
     def evaluate(self, data, args: TrainArgs) -> float: raise NotImplementedError
     def save(self, ck_dir: Path, st: dict, tokenizer, keep_last: int) -> Path: raise NotImplementedError
@@ -304,9 +334,9 @@ class TorchBackend(Backend):
             return StepResult(loss, gnorm, bad, ids.numel(), ids.shape[1])
         loss_sum, tokens = 0.0, 0
         for _ in range(grad_accum):
-            ids = next_batch()
+            ids, kw = split_batch(next_batch())
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                loss = self.model(ids, labels=ids, use_cache=False).loss
+                loss = self.model(ids, labels=ids, use_cache=False, **kw).loss
             if not torch.isfinite(loss):
                 self.opt.zero_grad(set_to_none=True); return StepResult(bad='loss', tokens=tokens)
             (loss / grad_accum).backward()
@@ -342,7 +372,8 @@ def train_loop(backend: Backend, train_data, val_data=None, args: TrainArgs | No
     vocab = getattr(be.config, 'vocab_size', None)
     sampler = BatchSampler(len(train_data), mb * world, seed=args.seed)    # the same order on every rank; rank r takes its slice
     lo = be.rank * mb
-    def next_batch(): return fetch_batch(train_data, sampler.next_indices()[lo:lo + mb], vocab).to(be.device, non_blocking=True)
+    doc_eos = document_eos(args, train_data, be.config)
+    def next_batch(): return packed_batch(fetch_batch(train_data, sampler.next_indices()[lo:lo + mb], vocab), doc_eos, be.device)
     ck_dir = Path(args.out_dir) / 'checkpoints' if args.out_dir else None
     if ck_dir is not None:                                 # fail now, not at the first save hours in
         be.once(lambda: (check_writable(ck_dir), clean_incomplete(ck_dir, log=tqdm.write)))

@@ -12,17 +12,85 @@ from ..model import HybridForCausalLM
 from ..train.optim import SSM_FP32_PARAMS, cast_keep_ssm_fp32
 
 # %% auto #0
-__all__ = ['QUANT_TARGETS', 'SCHEMES', 'QUANT_METHOD', 'target_linears', 'check_layout', 'torchao_config', 'is_quantized',
-           'assert_high_precision', 'quantized_weights', 'check_quantizable', 'quantize_model', 'to_bf16',
-           'tensor_nbytes', 'model_nbytes', 'save_quantized', 'load_quantized', 'perplexity']
+__all__ = ['QUANT_TARGETS', 'SCHEMES', 'INT4_CPU_FORMAT', 'QUANT_METHOD', 'int4_groups', 'Int4CPULinear', 'target_linears',
+           'check_layout', 'torchao_config', 'is_quantized', 'assert_high_precision', 'quantized_weights',
+           'check_quantizable', 'quantize_model', 'to_bf16', 'tensor_nbytes', 'model_nbytes', 'save_quantized',
+           'load_quantized', 'perplexity']
+
+# %% ../../nbs/41_quantize.ipynb #e7dec409
+def int4_groups(w: torch.Tensor, group_size: int):
+    "Asymmetric 4-bit groups of `w (N, K)` along K: `q (N, K)` int32 in 0..15 and `scale, zero (N, K/G)` in bfloat16, such that w ≈ (q - 8) * scale + zero."
+    N, K = w.shape
+    wg = w.detach().float().reshape(N, K // group_size, group_size)
+    lo, hi = wg.amin(-1), wg.amax(-1)
+    scale = ((hi - lo) / 15).clamp(min=1e-6).to(torch.bfloat16)          # stored as the kernel reads them: bf16
+    zero = (lo + 8 * scale.float()).to(torch.bfloat16)                    # the value q = 8 stands for
+    q = ((wg - zero.float()[..., None]) / scale.float()[..., None] + 8).round().clamp(0, 15)
+    return q.to(torch.int32).reshape(N, K), scale, zero
+
+class Int4CPULinear(nn.Module):
+    "A Linear whose weight is 4-bit, packed two per byte for torch's CPU kernel `_weight_int4pack_mm_for_cpu` (bfloat16 math)."
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, group_size: int = 32,
+                 bias_dtype=torch.float32, device=None):
+        super().__init__()
+        if group_size not in (32, 64, 128, 256): raise ValueError(f"int4 group_size must be one of 32, 64, 128, 256, got {group_size}")
+        if in_features % group_size: raise ValueError(f"int4 group_size={group_size} does not divide in_features={in_features}")
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        n = -(-out_features // 16) * 16                     # the kernel wants N % 16 == 0: padded rows compute zeros
+        self.register_buffer('weight_packed', torch.zeros(n, in_features // 2, dtype=torch.uint8, device=device))
+        self.register_buffer('scales_and_zeros', torch.zeros(in_features // group_size, n, 2, dtype=torch.bfloat16, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=bias_dtype, device=device), requires_grad=False) if bias else None
+
+    def set_int4(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor):
+        "Pack `q (N, K)` (0..15) with its `scale, zero (N, K/G)` into this module's buffers."
+        if q.shape != (self.out_features, self.in_features): raise ValueError(f"q has shape {tuple(q.shape)}, expected {(self.out_features, self.in_features)}")
+        if int(q.min()) < 0 or int(q.max()) > 15: raise ValueError("int4 values must lie in 0..15")
+        pad = self.weight_packed.shape[0] - self.out_features
+        q = nn.functional.pad(q.to(torch.int32).cpu(), (0, 0, 0, pad), value=8)
+        sz = nn.functional.pad(torch.stack([scale, zero], -1).to(torch.bfloat16).cpu(), (0, 0, 0, 0, 0, pad))
+        self.weight_packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)
+        self.scales_and_zeros = sz.transpose(0, 1).contiguous()
+        return self
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear, group_size: int = 32) -> Int4CPULinear:
+        "Quantize `lin`'s weight (its bias is kept as it is)."
+        m = cls(lin.in_features, lin.out_features, lin.bias is not None, group_size,
+                lin.bias.dtype if lin.bias is not None else torch.float32, device=lin.weight.device)
+        if lin.bias is not None: m.bias.data.copy_(lin.bias.detach())
+        return m.set_int4(*int4_groups(lin.weight, group_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous(),
+                                                       self.weight_packed, self.group_size, self.scales_and_zeros)
+        if y.shape[-1] != self.out_features: y = y[:, :self.out_features]
+        y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def int_values(self) -> torch.Tensor:
+        "The 4-bit values `q (N, K)` (0..15), read back through the kernel itself (an identity input, unit scales): exact."
+        K, N = self.in_features, self.weight_packed.shape[0]
+        sz = torch.zeros(K // self.group_size, N, 2, dtype=torch.bfloat16); sz[..., 0] = 1
+        eye = torch.eye(K, dtype=torch.bfloat16)
+        return (torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.weight_packed, self.group_size, sz).t()[:self.out_features] + 8).round().to(torch.int32)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        "`(q - 8) * scale + zero` in float32, `(N, K)`."
+        G, sz = self.group_size, self.scales_and_zeros.float().transpose(0, 1)[:self.out_features]   # (N, K/G, 2)
+        q = self.int_values().float().reshape(self.out_features, -1, G)
+        return ((q - 8) * sz[..., :1] + sz[..., 1:]).reshape(self.out_features, self.in_features)
+
+    def extra_repr(self): return f'in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, group_size={self.group_size}'
+
 
 # %% ../../nbs/41_quantize.ipynb #df502b39
 QUANT_TARGETS = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'in_proj', 'out_proj', 'gate_proj', 'up_proj', 'down_proj')
 SCHEMES = ('int8', 'int4')
 
 def target_linears(model: nn.Module, targets=QUANT_TARGETS) -> dict[str, nn.Linear]:
-    "The `nn.Linear` modules whose last name component is in `targets` (what `quantize_model` will quantize)."
-    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.rsplit('.', 1)[-1] in targets}
+    "The `nn.Linear` modules whose last name component is in `targets` (what `quantize_model` will quantize), and the `Int4CPULinear`s it made of them."
+    return {n: m for n, m in model.named_modules()
+            if isinstance(m, (nn.Linear, Int4CPULinear)) and n.rsplit('.', 1)[-1] in targets}
 
 def check_layout(model: nn.Module, scheme: str, group_size: int = 32, targets=QUANT_TARGETS):
     "Raise a ValueError naming the first layer whose shape the scheme cannot handle."
@@ -60,8 +128,9 @@ def assert_high_precision(model: nn.Module):
         if n.rsplit('.', 1)[-1] in SSM_FP32_PARAMS: assert p.dtype == torch.float32, f"{n} is {p.dtype}, expected float32"
 
 def quantized_weights(model: nn.Module) -> list[str]:
-    "Names of the parameters that are quantized tensors (judged by the weights, not by the config)."
-    return [n for n, p in model.named_parameters() if is_quantized(p)]
+    "Names of the quantized weights: torchao tensor parameters and `Int4CPULinear` packed buffers (judged by the weights, not by the config)."
+    return ([n for n, p in model.named_parameters() if is_quantized(p)] +
+            [f'{n}.weight_packed' for n, m in model.named_modules() if isinstance(m, Int4CPULinear)])
 
 def check_quantizable(model: nn.Module):
     "Raise a ValueError if `model` is LoRA-wrapped (merge first) or already quantized (quantize the float model)."
@@ -70,20 +139,39 @@ def check_quantizable(model: nn.Module):
         raise ValueError("the model carries a LoRA adapter: merge it first (hybridslm.post.lora.merge_lora, i.e. peft's "
                          "merge_and_unload), then quantize the merged model")
     done = quantized_weights(model)
-    if done: raise ValueError(f"the model is already quantized ({len(done)} weights, e.g. {done[0]} is "
-                              f"{type(dict(model.named_parameters())[done[0]]).__name__}); quantize the float model instead")
+    if done:
+        kind = (type(model.get_submodule(done[0].rsplit('.', 1)[0])) if done[0].endswith('.weight_packed')
+                else type(model.get_parameter(done[0]))).__name__
+        raise ValueError(f"the model is already quantized ({len(done)} weights, e.g. {done[0]} is {kind}); "
+                         f"quantize the float model instead")
 
-def quantize_model(model: HybridForCausalLM, scheme: str = 'int8', group_size: int = 32, targets=QUANT_TARGETS):
-    "Quantize the target Linear weights of `model` in place (weight-only); returns the model."
+INT4_CPU_FORMAT = 'int4-cpu-packed'   # `config.quantization['format']` of a model made of `Int4CPULinear`s
+
+def _swap_int4_cpu(model: nn.Module, names, make) -> None:
+    "Replace each named Linear by `make(name, linear)` (an `Int4CPULinear`)."
+    for n in names:
+        parent, _, attr = n.rpartition('.')
+        setattr(model.get_submodule(parent) if parent else model, attr, make(n, model.get_submodule(n)))
+
+def quantize_model(model: HybridForCausalLM, scheme: str = 'int8', group_size: int = 32, targets=QUANT_TARGETS,
+                   int4_cpu: str = 'packed'):
+    "Quantize the target Linear weights of `model` in place (weight-only); returns the model. int4 on CPU: `int4_cpu='packed'` (`Int4CPULinear`) or `'torchao'`."
     from torchao.quantization import quantize_
     check_quantizable(model)
     check_layout(model, scheme, group_size, targets)
+    if int4_cpu not in ('packed', 'torchao'): raise ValueError(f"int4_cpu must be 'packed' or 'torchao', got {int4_cpu!r}")
     dev = next(model.parameters()).device
+    if scheme == 'int4' and dev.type == 'cpu' and int4_cpu == 'packed':
+        _swap_int4_cpu(model, list(target_linears(model, targets)), lambda n, lin: Int4CPULinear.from_linear(lin, group_size))
+        assert_high_precision(model)
+        model.config.quantization = dict(scheme=scheme, group_size=group_size, targets=list(targets), library='torch',
+                                         format=INT4_CPU_FORMAT)
+        return model
     if scheme == 'int4' and dev.type == 'cuda' and model.dtype != torch.bfloat16:
         raise ValueError(f"int4 on CUDA (Int4WeightOnlyConfig) needs bfloat16 weights, got {model.dtype}; use to_bf16(model)")
     names = set(target_linears(model, targets))
     quantize_(model, torchao_config(scheme, dev.type, group_size), filter_fn=lambda m, fqn: fqn in names)
-    missed = [n for n, m in target_linears(model, targets).items() if not is_quantized(m.weight)]
+    missed = [n for n, m in target_linears(model, targets).items() if isinstance(m, nn.Linear) and not is_quantized(m.weight)]
     if missed: raise RuntimeError(f"torchao left {len(missed)} target layers unquantized, e.g. {missed[:3]}")
     assert_high_precision(model)
     model.config.quantization = dict(scheme=scheme, group_size=group_size if scheme == 'int4' else None,
@@ -154,6 +242,11 @@ def save_quantized(model: HybridForCausalLM, out_dir, tokenizer=None) -> Path:
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     sd = {k: v for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings: sd.pop('lm_head.weight', None)   # safetensors refuses shared tensors
+    for n, m in model.named_modules():   # Int4CPULinear: plain nibbles and unpadded scales, not the kernel's layout
+        if isinstance(m, Int4CPULinear):
+            del sd[f'{n}.weight_packed']
+            sd[f'{n}.int4_values'] = _pack_int4(m.int_values() - 8)
+            sd[f'{n}.scales_and_zeros'] = m.scales_and_zeros[:, :m.out_features]
     tensors, meta = flatten_tensor_state_dict(sd)
     packed = []
     for k, v in list(tensors.items()):
@@ -193,7 +286,23 @@ def load_quantized(path, device: str = 'cpu') -> HybridForCausalLM:
     model = HybridForCausalLM(cfg).eval()
     cast_keep_ssm_fp32(model, next(v for k, v in sd.items() if k.endswith('embed_tokens.weight')).dtype)
     model.to(device)
-    quantize_model(model, q['scheme'], q['group_size'] or 32, tuple(q['targets']))   # same structure as saved
+    if q.get('format') == INT4_CPU_FORMAT:   # repack the stored nibbles with this torch's CPU kernel
+        if torch.device(device).type != 'cpu':
+            raise ValueError(f"{p} holds int4 packed for torch's CPU kernel; load it with device='cpu', or quantize the "
+                             f"float model on {device} instead")
+        check_layout(model, 'int4', q['group_size'], tuple(q['targets']))
+        def make(n, lin):
+            if f'{n}.int4_values' not in sd: raise ValueError(f"checkpoint {p} has no int4 values for {n}")
+            sz = sd.pop(f'{n}.scales_and_zeros').float().transpose(0, 1)   # (N, K/G, 2)
+            m = Int4CPULinear(lin.in_features, lin.out_features, lin.bias is not None, q['group_size'],
+                              lin.bias.dtype if lin.bias is not None else torch.float32)
+            m.set_int4(_unpack_int4(sd.pop(f'{n}.int4_values')).to(torch.int32) + 8, sz[..., 0], sz[..., 1])
+            sd[f'{n}.weight_packed'], sd[f'{n}.scales_and_zeros'] = m.weight_packed, m.scales_and_zeros
+            return m
+        _swap_int4_cpu(model, list(target_linears(model, tuple(q['targets']))), make)
+        model.config.quantization = q
+    else:   # same structure as saved (an int4 folder without a format entry was written by torchao's CPU int4)
+        quantize_model(model, q['scheme'], q['group_size'] or 32, tuple(q['targets']), int4_cpu='torchao')
     missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
     if unexpected or set(missing) - {'lm_head.weight'}:
         raise ValueError(f"checkpoint {p} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -39,11 +39,9 @@ class _MovedModules(_iabc.MetaPathFinder, _iabc.Loader):
         return None if self.target(fullname) is None else _iutil.spec_from_loader(fullname, self)
     def create_module(self, spec):
         mod = _importlib.import_module(self.target(spec.name))
-        self._specs[spec.name] = mod.__spec__          # importlib sets the alias spec on the module next; put it back
+        self._specs[mod.__name__] = mod.__spec__       # importlib sets the alias spec on the module next; put it back
         return mod
-    def exec_module(self, module):
-        for alias, spec in self._specs.items():
-            if spec.name == module.__name__: module.__spec__ = spec
+    def exec_module(self, module): module.__spec__ = self._specs[module.__name__]
     def get_code(self, fullname):                       # `python -m hybridslm.<old name>`: run the module at its new place
         return compile(f"import runpy; runpy.run_module({self.target(fullname)!r}, run_name='__main__', alter_sys=True)",
                        f'<{fullname} -> {self.target(fullname)}>', 'exec')

@@ -54,20 +54,25 @@ _BAMBA_BLOCK = {'input_layernorm.': 'mixer_norm.', 'pre_ff_layernorm.': 'mlp_nor
 _BAMBA_TOP = {'model.embed_tokens.weight': 'model.embed_tokens.weight', 'model.final_layernorm.weight': 'model.norm.weight',
               'lm_head.weight': 'lm_head.weight'}
 
+def _check_hf_hybrid(A: str, c, rope: bool) -> tuple:
+    "The checks Bamba and Granite-4.0-H configs share (activation, head size, RoPE, dt clamp, expand); `(head_dim, rope_parameters, rope_dim)`."
+    if c.hidden_act != 'silu': _refuse(A, 'hidden_act', c.hidden_act, "our MLP is SwiGLU and the Mamba-2 conv uses SiLU")
+    hd = c.hidden_size // c.num_attention_heads
+    if c.hidden_size % c.num_attention_heads or getattr(c, 'head_dim', None) not in (None, hd):
+        _refuse(A, 'head_dim', getattr(c, 'head_dim', None), f"our head_dim is hidden_size/num_attention_heads = {hd}")
+    rp = dict(c.rope_parameters or {})
+    if rope and rp.get('rope_type', 'default') != 'default': _refuse(A, 'rope_parameters.rope_type', rp.get('rope_type'), "only plain RoPE is supported")
+    rope_dim = int(hd * rp.get('partial_rotary_factor', 1.0)) if rope else 0
+    if rope_dim % 2: _refuse(A, 'rope_parameters.partial_rotary_factor', rp.get('partial_rotary_factor'), f"it gives an odd rotary size {rope_dim}")
+    tsl = tuple(c.time_step_limit) if c.time_step_limit is not None else (0.0, float('inf'))
+    if tsl != (0.0, float('inf')): _refuse(A, 'time_step_limit', c.time_step_limit, "HybridConfig has no dt clamp")
+    if c.mamba_expand != int(c.mamba_expand): _refuse(A, 'mamba_expand', c.mamba_expand, "expand must be an integer")
+    return hd, rp, rope_dim
+
 def config_from_bamba(bc) -> HybridConfig:
     "The `HybridConfig` of a `transformers.BambaConfig`; a `ConversionError` naming the first field ours cannot express."
     A = 'bamba'
-    if bc.hidden_act != 'silu': _refuse(A, 'hidden_act', bc.hidden_act, "our MLP is SwiGLU and the Mamba-2 conv uses SiLU")
-    hd = bc.hidden_size // bc.num_attention_heads
-    if bc.hidden_size % bc.num_attention_heads or getattr(bc, 'head_dim', None) not in (None, hd):
-        _refuse(A, 'head_dim', getattr(bc, 'head_dim', None), f"our head_dim is hidden_size/num_attention_heads = {hd}")
-    rp = dict(bc.rope_parameters or {})
-    if rp.get('rope_type', 'default') != 'default': _refuse(A, 'rope_parameters.rope_type', rp.get('rope_type'), "only plain RoPE is supported")
-    rope_dim = int(hd * rp.get('partial_rotary_factor', 1.0))
-    if rope_dim % 2: _refuse(A, 'rope_parameters.partial_rotary_factor', rp.get('partial_rotary_factor'), f"it gives an odd rotary size {rope_dim}")
-    tsl = tuple(bc.time_step_limit) if bc.time_step_limit is not None else (0.0, float('inf'))
-    if tsl != (0.0, float('inf')): _refuse(A, 'time_step_limit', bc.time_step_limit, "HybridConfig has no dt clamp")
-    if bc.mamba_expand != int(bc.mamba_expand): _refuse(A, 'mamba_expand', bc.mamba_expand, "expand must be an integer")
+    hd, rp, rope_dim = _check_hf_hybrid(A, bc, rope=True)
     if bc.mamba_d_head * bc.mamba_n_heads != int(bc.mamba_expand) * bc.hidden_size:
         _refuse(A, 'mamba_n_heads', bc.mamba_n_heads, f"mamba_n_heads*mamba_d_head must equal mamba_expand*hidden_size")
     if bc.z_loss_coefficient: _refuse(A, 'z_loss_coefficient', bc.z_loss_coefficient, "our training loss has no z-loss term")
@@ -113,19 +118,8 @@ def config_from_granite(gc) -> HybridConfig:
     "The `HybridConfig` of a dense `transformers.GraniteMoeHybridConfig`; its scalar multipliers are folded into the weights (`from_granite`)."
     A = 'granitemoehybrid'
     if gc.num_local_experts: _refuse(A, 'num_local_experts', gc.num_local_experts, "our MLP is dense (MoE layers are not supported)")
-    if gc.hidden_act != 'silu': _refuse(A, 'hidden_act', gc.hidden_act, "our MLP is SwiGLU and the Mamba-2 conv uses SiLU")
-    hd = gc.hidden_size // gc.num_attention_heads
-    if gc.hidden_size % gc.num_attention_heads or getattr(gc, 'head_dim', None) not in (None, hd):
-        _refuse(A, 'head_dim', getattr(gc, 'head_dim', None), f"our head_dim is hidden_size/num_attention_heads = {hd}")
-    rp = dict(gc.rope_parameters or {})
     if gc.position_embedding_type not in (None, 'nope', 'rope'): _refuse(A, 'position_embedding_type', gc.position_embedding_type, "only 'rope' or none")
-    rope = gc.position_embedding_type == 'rope'
-    if rope and rp.get('rope_type', 'default') != 'default': _refuse(A, 'rope_parameters.rope_type', rp.get('rope_type'), "only plain RoPE is supported")
-    rope_dim = int(hd * rp.get('partial_rotary_factor', 1.0)) if rope else 0
-    if rope_dim % 2: _refuse(A, 'rope_parameters.partial_rotary_factor', rp.get('partial_rotary_factor'), f"it gives an odd rotary size {rope_dim}")
-    tsl = tuple(gc.time_step_limit) if gc.time_step_limit is not None else (0.0, float('inf'))
-    if tsl != (0.0, float('inf')): _refuse(A, 'time_step_limit', gc.time_step_limit, "HybridConfig has no dt clamp")
-    if gc.mamba_expand != int(gc.mamba_expand): _refuse(A, 'mamba_expand', gc.mamba_expand, "expand must be an integer")
+    hd, rp, rope_dim = _check_hf_hybrid(A, gc, rope=gc.position_embedding_type == 'rope')
     types = list(gc.layers_block_type)
     bad = sorted(set(types) - {'linear_attention', 'full_attention'})
     if bad: _refuse(A, 'layer_types', bad, "only Mamba-2 ('mamba') and attention layers")

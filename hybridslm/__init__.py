@@ -55,18 +55,20 @@ from .model.mamba2 import Mamba2Mixer
 from .post import quantize as _quantize   # registers the refusal of plain from_pretrained on a save_quantized folder (41_quantize)
 
 # %% ../nbs/09_api.ipynb #4042d76f
-# the package's groups; `hybridslm.<group>` is imported the first time it is asked for. For the groups whose modules
-# are read as attributes in examples (`hybridslm.research.ablate_fast.protocol(...)`), their modules come with them.
-_GROUPS = {'model': ('config', 'layers', 'attention', 'mamba2', 'generate', 'fastdecode'),
-           'post': ('lora', 'quantize', 'onnx_export'), 'research': ('synthetic', 'ablate', 'ablate_fast'),
-           'data': (), 'train': (), 'eval': (), 'serve': ()}
+def _submodule_getattr(package: str):
+    "A PEP 562 `__getattr__` for `package`: reading `package.<name>` imports that submodule the first time."
+    def __getattr__(name: str):
+        if not name.startswith('_'):
+            try: found = _iutil.find_spec(f'{package}.{name}') is not None
+            except (ImportError, ValueError): found = False
+            if found: return _importlib.import_module(f'{package}.{name}')
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+    return __getattr__
+
+_GROUPS = ('model', 'data', 'train', 'eval', 'post', 'serve', 'research')
+for _g in _GROUPS: _importlib.import_module(f'hybridslm.{_g}').__getattr__ = _submodule_getattr(f'hybridslm.{_g}')
+_package_getattr = _submodule_getattr('hybridslm')
 
 def __getattr__(name: str):
-    import importlib
-    if name in _GROUPS:
-        pkg = importlib.import_module(f'{__name__}.{name}')
-        for sub in _GROUPS[name]: importlib.import_module(f'{__name__}.{name}.{sub}')
-        return pkg
-    if name in MOVED_MODULES: return importlib.import_module(f'{__name__}.{MOVED_MODULES[name]}')
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+    if name in MOVED_MODULES: return _importlib.import_module(f'{__name__}.{MOVED_MODULES[name]}')
+    return _package_getattr(name)                      # `convert`, `cli`

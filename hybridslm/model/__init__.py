@@ -11,7 +11,7 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast, BaseModelOutputWithPast
 from .config import HybridConfig, count_params
-from .layers import RMSNorm, RMSNormGated, SwiGLU, RotaryEmbedding
+from .layers import RMSNorm, RMSNormGated, SwiGLU, SquaredReLUMLP, MLPS, RotaryEmbedding
 from .attention import (GQAttention, KVCache, build_attn_mask, check_seq_idx, seq_idx_from_position_ids,
                                  seq_idx_from_cu_seqlens, doc_position_ids, varlen_cu_seqlens, flash_varlen_available)
 from .mamba2 import Mamba2Mixer, MambaCache
@@ -74,7 +74,7 @@ class HybridCache(Cache):
 
 # %% ../../nbs/04_model.ipynb #5fe92a17
 class HybridBlock(GradientCheckpointingLayer):
-    "Mixer (Mamba-2 or GQA attention) + SwiGLU MLP, each pre-norm residual."
+    "Mixer (Mamba-2 or GQA attention) + MLP (SwiGLU or squared ReLU; none in `layers_without_mlp`), each pre-norm residual."
     def __init__(self, config: HybridConfig, layer_idx: int):
         super().__init__()
         c = config
@@ -84,19 +84,23 @@ class HybridBlock(GradientCheckpointingLayer):
             self.mixer = Mamba2Mixer(c.d_model, d_state=c.d_state, d_conv=c.d_conv, expand=c.expand, headdim=c.headdim,
                                      ngroups=c.ngroups, chunk_size=c.chunk_size, dt_min=c.dt_min, dt_max=c.dt_max,
                                      dt_init_floor=c.dt_init_floor, bias=c.proj_bias, conv_bias=c.conv_bias,
-                                     norm_eps=c.norm_eps, layer_idx=layer_idx, ssm_state_dtype=c.ssm_state_dtype)
+                                     norm_eps=c.norm_eps, layer_idx=layer_idx, ssm_state_dtype=c.ssm_state_dtype,
+                                     d_inner=c.d_inner)
             self.mixer.out_proj._is_residual_out = True
         else:
             self.mixer = GQAttention(c, layer_idx)
             self.mixer.o_proj._is_residual_out = True
-        self.mlp_norm = RMSNorm(c.d_model, c.norm_eps)
-        self.mlp = SwiGLU(c.d_model, c.d_ff, bias=c.mlp_bias)
-        self.mlp.down_proj._is_residual_out = True
+        self.mlp_norm = self.mlp = None
+        if c.has_mlp(layer_idx):
+            self.mlp_norm = RMSNorm(c.d_model, c.norm_eps)
+            self.mlp = MLPS[c.mlp_act](c.d_model, c.d_ff, bias=c.mlp_bias)
+            self.mlp.down_proj._is_residual_out = True
 
     def step(self, h, mix):
         "The block around any form of its mixer: `mix(x) -> (y, state)` on the normed stream; returns `(h, state)`."
         y, state = mix(self.mixer_norm(h).to(self.mixer_norm.weight.dtype))
         h = h + y.to(h.dtype)
+        if self.mlp is None: return h, state
         return h + self.mlp(self.mlp_norm(h).to(self.mlp_norm.weight.dtype)).to(h.dtype), state
 
     def forward(self, h, position_ids=None, cache=None, key_mask=None, chunk_mask=None, seq_idx=None, attn_mask=None, varlen=None):

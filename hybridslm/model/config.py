@@ -77,6 +77,12 @@ class HybridConfig(PretrainedConfig):
     # attention / MLP biases
     attn_bias: bool = False
     mlp_bias: bool = False
+    # block variants of released hybrids (`hybridslm.convert`): the MLP's activation, blocks that are the mixer alone,
+    # attention head and Mamba-2 inner widths set directly rather than derived from d_model
+    mlp_act: str = 'swiglu'            # 'swiglu' (gate, up, down projections) or 'relu2' (up, down; relu(x)^2, Nemotron-H's MLP)
+    layers_without_mlp: list[int] | None = None   # indices of blocks that are the mixer alone, no MLP (None or [] -> every block has one)
+    attn_head_dim: int | None = None   # attention head size; None -> d_model // n_heads
+    mamba_d_inner: int | None = None   # Mamba-2 inner width (nheads * headdim); None -> expand * d_model
     # init and numerics
     initializer_range: float = 0.02
     rescale_prenorm_residual: bool = True
@@ -90,6 +96,7 @@ class HybridConfig(PretrainedConfig):
 
     def __post_init__(self, **kwargs):
         self.layer_pattern = parse_layer_pattern(self.layer_pattern)
+        if self.layers_without_mlp is None: self.layers_without_mlp = []
         if self.d_ff is None: self.d_ff = _round_up(8 * self.d_model / 3, self.ff_multiple_of)
         super().__post_init__(**kwargs)
         self.check()
@@ -100,9 +107,9 @@ class HybridConfig(PretrainedConfig):
     @property
     def num_hidden_layers(self) -> int: return self.n_layers
     @property
-    def head_dim(self) -> int: return self.d_model // self.n_heads
+    def head_dim(self) -> int: return self.attn_head_dim or self.d_model // self.n_heads
     @property
-    def d_inner(self) -> int: return self.expand * self.d_model
+    def d_inner(self) -> int: return self.mamba_d_inner or self.expand * self.d_model
     @property
     def mamba_nheads(self) -> int: return self.d_inner // self.headdim
     @property
@@ -111,6 +118,7 @@ class HybridConfig(PretrainedConfig):
     def attn_layer_idx(self) -> list[int]: return [i for i, t in enumerate(self.layer_pattern) if t == 'A']
     @property
     def mamba_layer_idx(self) -> list[int]: return [i for i, t in enumerate(self.layer_pattern) if t == 'M']
+    def has_mlp(self, i: int) -> bool: return i not in self.layers_without_mlp
 
     def check(self):
         "Validate the config; raise a `ValueError` naming the bad field and value."
@@ -120,10 +128,14 @@ class HybridConfig(PretrainedConfig):
                   'expand', 'headdim', 'ngroups', 'chunk_size'):
             v = getattr(self, f)
             need(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"{f} must be a positive integer, got {v!r}")
-        need(self.d_model % self.n_heads == 0, f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        for f in ('attn_head_dim', 'mamba_d_inner'):
+            v = getattr(self, f)
+            need(v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0), f"{f} must be None or a positive integer, got {v!r}")
+        need(self.attn_head_dim is not None or self.d_model % self.n_heads == 0,
+             f"d_model={self.d_model} is not divisible by n_heads={self.n_heads} (or set attn_head_dim)")
         need(self.n_heads % self.n_kv_heads == 0, f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads} (GQA groups must be equal)")
-        need(self.head_dim % 2 == 0, f"head_dim=d_model/n_heads={self.head_dim} must be even for RoPE")
-        need(self.d_inner % self.headdim == 0, f"d_inner=expand*d_model={self.d_inner} is not divisible by headdim={self.headdim}")
+        need(self.rope_dim == 0 or self.head_dim % 2 == 0, f"head_dim={self.head_dim} must be even for RoPE (or rope_dim=0: no RoPE)")
+        need(self.d_inner % self.headdim == 0, f"d_inner={'mamba_d_inner' if self.mamba_d_inner else 'expand*d_model'}={self.d_inner} is not divisible by headdim={self.headdim}")
         need(self.mamba_nheads % self.ngroups == 0, f"ngroups={self.ngroups} does not divide the {self.mamba_nheads} Mamba heads (d_inner/headdim)")
         need(0 < self.dt_min <= self.dt_max, f"need 0 < dt_min <= dt_max, got dt_min={self.dt_min}, dt_max={self.dt_max}")
         need(self.norm_eps > 0, f"norm_eps must be > 0, got {self.norm_eps}")
@@ -132,6 +144,10 @@ class HybridConfig(PretrainedConfig):
         need(self.ssm_state_dtype in ('float32', 'bfloat16', 'float16'),
              f"ssm_state_dtype must be 'float32', 'bfloat16' or 'float16', got {self.ssm_state_dtype!r}")
         need(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
+        need(self.mlp_act in ('swiglu', 'relu2'), f"mlp_act must be 'swiglu' or 'relu2', got {self.mlp_act!r}")
+        lw = self.layers_without_mlp
+        need(isinstance(lw, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < self.n_layers for i in lw)
+             and len(set(lw)) == len(lw), f"layers_without_mlp must be distinct block indices in 0..{self.n_layers - 1}, got {lw!r}")
         need(self.rope_dim is None or (isinstance(self.rope_dim, int) and 0 <= self.rope_dim <= self.head_dim and self.rope_dim % 2 == 0),
              f"rope_dim must be None or an even integer in 0..head_dim={self.head_dim}, got {self.rope_dim!r}")
         return self
@@ -222,9 +238,10 @@ def _attn_params(c: HybridConfig) -> int:
 def count_params(c: HybridConfig, non_embedding: bool = False) -> int:
     "Exact number of parameters of `HybridForCausalLM(c)`."
     d = c.d_model
-    mlp = 3 * d * c.d_ff + ((2 * c.d_ff + d) if c.mlp_bias else 0)
+    k = 3 if c.mlp_act == 'swiglu' else 2                             # projections: gate, up, down / up, down
+    mlp = k * d * c.d_ff + (((k - 1) * c.d_ff + d) if c.mlp_bias else 0)
     per = {'M': _mamba_params(c), 'A': _attn_params(c)}
-    n = sum(per[t] + mlp + 2 * d for t in c.layer_pattern) + d
+    n = sum(per[t] + d + ((mlp + d) if c.has_mlp(i) else 0) for i, t in enumerate(c.layer_pattern)) + d  # norms: mixer, MLP, final
     if non_embedding: return n
     return n + c.vocab_size * d * (1 if c.tie_word_embeddings else 2)
 

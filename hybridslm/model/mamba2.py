@@ -125,7 +125,7 @@ class Mamba2Mixer(nn.Module):
                  dt_max: float = 0.1, dt_init_floor: float = 1e-4, dt_limit=(0.0, float('inf')), bias: bool = False,
                  conv_bias: bool = True, norm_before_gate: bool = False, norm_eps: float = 1e-5,
                  layer_idx: int | None = None, use_kernels: bool | str = 'auto', ssm_state_dtype=torch.float32,
-                 device=None, dtype=None):
+                 d_inner: int | None = None, device=None, dtype=None):
         super().__init__()
         if isinstance(ssm_state_dtype, str): ssm_state_dtype = getattr(torch, ssm_state_dtype)
         if ssm_state_dtype not in (torch.float32, torch.bfloat16, torch.float16):
@@ -133,9 +133,9 @@ class Mamba2Mixer(nn.Module):
         self.ssm_state_dtype = ssm_state_dtype     # storage of the inference state; its arithmetic is always fp32
         fk = dict(device=device, dtype=dtype)
         self.d_model, self.d_state, self.d_conv, self.expand, self.headdim = d_model, d_state, d_conv, expand, headdim
-        self.d_inner = expand * d_model
+        self.d_inner = d_inner or expand * d_model                       # set directly by some released models (Nemotron-H)
         if self.d_inner % headdim:
-            raise ValueError(f"Mamba2Mixer: d_inner=expand*d_model={self.d_inner} is not divisible by headdim={headdim}")
+            raise ValueError(f"Mamba2Mixer: d_inner={self.d_inner} is not divisible by headdim={headdim}")
         self.nheads, self.ngroups, self.chunk_size = self.d_inner // headdim, ngroups, chunk_size
         if self.nheads % ngroups:
             raise ValueError(f"Mamba2Mixer: ngroups={ngroups} does not divide nheads={self.nheads}")

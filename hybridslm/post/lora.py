@@ -23,8 +23,11 @@ LORA_TARGETS = {'A': ('q_proj', 'k_proj', 'v_proj', 'o_proj'), 'M': ('in_proj', 
 
 def check_lora_targets(config: HybridConfig, targets) -> dict[str, tuple[str, ...]]:
     "`targets` as a `{kind: (projection, ...)}` dict, or a ValueError/TypeError saying what is wrong with it."
+    mlp_names = LORA_TARGETS['mlp'] if config.mlp_act == 'swiglu' else ('up_proj', 'down_proj')   # relu2: no gate
+    has_mlp = any(config.has_mlp(i) for i in range(config.n_layers))
     if targets is LORA_TARGETS:   # the default means every projection of every kind the model has
-        targets = {k: v for k, v in LORA_TARGETS.items() if k == 'mlp' or k in config.layer_pattern}
+        targets = {k: (mlp_names if k == 'mlp' else v) for k, v in LORA_TARGETS.items()
+                   if (k == 'mlp' and has_mlp) or k in config.layer_pattern}
     if not isinstance(targets, dict): raise TypeError(f"targets must be a dict {{kind: (projection, ...)}}, got {type(targets).__name__}")
     if not targets: raise ValueError(f"targets is empty: name at least one of the kinds {list(LORA_TARGETS)}")
     bad = [k for k in targets if k not in LORA_TARGETS]
@@ -38,15 +41,19 @@ def check_lora_targets(config: HybridConfig, targets) -> dict[str, tuple[str, ..
         if wrong: raise ValueError(f"{wrong} are not {kind!r} projections; choose from {LORA_TARGETS[kind]}")
         if kind != 'mlp' and kind not in config.layer_pattern:
             raise ValueError(f"no {kind!r} layer in layer_pattern {config.layer_pattern!r}: nothing to put LoRA on")
+        if kind == 'mlp' and not has_mlp: raise ValueError("no block has an MLP (layers_without_mlp): nothing to put LoRA on")
+        if kind == 'mlp' and (absent := [n for n in names if n not in mlp_names]):
+            raise ValueError(f"{absent}: the {config.mlp_act!r} MLP has only {mlp_names}")
         out[kind] = tuple(names)
     return out
 
 def expected_lora_modules(config: HybridConfig, targets: dict = LORA_TARGETS) -> dict[str, set[str]]:
     "Module names (relative to `HybridForCausalLM`) that must carry LoRA, per kind named in `targets`."
+    targets = check_lora_targets(config, targets)
     out = {k: set() for k in targets}
     for i, kind in enumerate(config.layer_pattern):
         if kind in out: out[kind] |= {f'model.layers.{i}.mixer.{n}' for n in targets[kind]}
-        if 'mlp' in out: out['mlp'] |= {f'model.layers.{i}.mlp.{n}' for n in targets['mlp']}
+        if 'mlp' in out and config.has_mlp(i): out['mlp'] |= {f'model.layers.{i}.mlp.{n}' for n in targets['mlp']}
     return out
 
 def lora_config(r: int = 64, alpha: int = 128, dropout: float = 0.05, targets: dict = LORA_TARGETS, **kw):
@@ -229,7 +236,9 @@ def merge_lora(peft_model) -> HybridForCausalLM:
 
 # %% ../../nbs/40_lora.ipynb #7ee02b62
 _FINGERPRINT_FIELDS = ('vocab_size', 'd_model', 'layer_pattern', 'n_heads', 'n_kv_heads', 'd_ff', 'd_state', 'd_conv',
-                       'expand', 'headdim', 'ngroups')
+                       'expand', 'headdim', 'ngroups', 'mlp_act', 'layers_without_mlp', 'attn_head_dim', 'mamba_d_inner')
+# fields added after adapters were first saved: absent from an older fingerprint means the value every model had then
+_FINGERPRINT_DEFAULTS = dict(mlp_act='swiglu', layers_without_mlp=[], attn_head_dim=None, mamba_d_inner=None)
 ADAPTER_WEIGHTS = ('adapter_model.safetensors', 'adapter_model.bin')
 
 def base_fingerprint(model: HybridForCausalLM, targets: dict = LORA_TARGETS) -> dict:
@@ -263,7 +272,8 @@ def check_adapter_base(base: HybridForCausalLM, adapter_dir) -> dict:
     want = json.loads((d / 'hybridslm_base.json').read_text())
     targets = {k: tuple(v) for k, v in want.get('targets', LORA_TARGETS).items()}
     have = base_fingerprint(base)
-    diffs = [f"{k}: adapter {want['config'].get(k)!r} vs base {v!r}" for k, v in have['config'].items() if want['config'].get(k) != v]
+    got = {k: want['config'].get(k, _FINGERPRINT_DEFAULTS.get(k)) for k in have['config']}
+    diffs = [f"{k}: adapter {got[k]!r} vs base {v!r}" for k, v in have['config'].items() if got[k] != v]
     diffs += [f"{n}: adapter {s} vs base {have['shapes'].get(n)}" for n, s in want['shapes'].items()
               if have['shapes'].get(n) != s][:5]
     if diffs: raise ValueError(f"adapter {d} was trained on a different base model: " + '; '.join(diffs[:8]))

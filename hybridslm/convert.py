@@ -65,14 +65,14 @@ def _check_hf_hybrid(A: str, c, rope: bool) -> tuple:
     rope_dim = int(hd * rp.get('partial_rotary_factor', 1.0)) if rope else 0
     if rope_dim % 2: _refuse(A, 'rope_parameters.partial_rotary_factor', rp.get('partial_rotary_factor'), f"it gives an odd rotary size {rope_dim}")
     tsl = tuple(c.time_step_limit) if c.time_step_limit is not None else (0.0, float('inf'))
-    if tsl != (0.0, float('inf')): _refuse(A, 'time_step_limit', c.time_step_limit, "HybridConfig has no dt clamp")
+    if not 0 <= tsl[0] < tsl[1]: _refuse(A, 'time_step_limit', c.time_step_limit, "need 0 <= low < high")
     if c.mamba_expand != int(c.mamba_expand): _refuse(A, 'mamba_expand', c.mamba_expand, "expand must be an integer")
-    return hd, rp, rope_dim
+    return hd, rp, rope_dim, dict(dt_limit_min=float(tsl[0]), dt_limit_max=None if tsl[1] == float('inf') else float(tsl[1]))
 
 def config_from_bamba(bc) -> HybridConfig:
     "The `HybridConfig` of a `transformers.BambaConfig`; a `ConversionError` naming the first field ours cannot express."
     A = 'bamba'
-    hd, rp, rope_dim = _check_hf_hybrid(A, bc, rope=True)
+    hd, rp, rope_dim, dtl = _check_hf_hybrid(A, bc, rope=True)
     if bc.mamba_d_head * bc.mamba_n_heads != int(bc.mamba_expand) * bc.hidden_size:
         _refuse(A, 'mamba_n_heads', bc.mamba_n_heads, f"mamba_n_heads*mamba_d_head must equal mamba_expand*hidden_size")
     if bc.z_loss_coefficient: _refuse(A, 'z_loss_coefficient', bc.z_loss_coefficient, "our training loss has no z-loss term")
@@ -83,7 +83,7 @@ def config_from_bamba(bc) -> HybridConfig:
         rope_dim=None if rope_dim == hd else rope_dim, norm_eps=bc.rms_norm_eps,
         d_state=bc.mamba_d_state, d_conv=bc.mamba_d_conv, expand=int(bc.mamba_expand), headdim=bc.mamba_d_head,
         ngroups=bc.mamba_n_groups, chunk_size=bc.mamba_chunk_size, conv_bias=bool(bc.mamba_conv_bias),
-        proj_bias=bool(bc.mamba_proj_bias), attn_bias=bool(bc.attention_bias), mlp_bias=bool(bc.mlp_bias),
+        proj_bias=bool(bc.mamba_proj_bias), attn_bias=bool(bc.attention_bias), mlp_bias=bool(bc.mlp_bias), **dtl,
         initializer_range=bc.initializer_range, residual_in_fp32=False,      # Bamba adds residuals in the model dtype
         tie_word_embeddings=bool(bc.tie_word_embeddings), pad_token_id=bc.pad_token_id, bos_token_id=bc.bos_token_id,
         eos_token_id=bc.eos_token_id)
@@ -119,7 +119,7 @@ def config_from_granite(gc) -> HybridConfig:
     A = 'granitemoehybrid'
     if gc.num_local_experts: _refuse(A, 'num_local_experts', gc.num_local_experts, "our MLP is dense (MoE layers are not supported)")
     if gc.position_embedding_type not in (None, 'nope', 'rope'): _refuse(A, 'position_embedding_type', gc.position_embedding_type, "only 'rope' or none")
-    hd, rp, rope_dim = _check_hf_hybrid(A, gc, rope=gc.position_embedding_type == 'rope')
+    hd, rp, rope_dim, dtl = _check_hf_hybrid(A, gc, rope=gc.position_embedding_type == 'rope')
     types = list(gc.layers_block_type)
     bad = sorted(set(types) - {'linear_attention', 'full_attention'})
     if bad: _refuse(A, 'layer_types', bad, "only Mamba-2 ('mamba') and attention layers")
@@ -130,7 +130,7 @@ def config_from_granite(gc) -> HybridConfig:
         rope_dim=None if rope_dim == hd else rope_dim, norm_eps=gc.rms_norm_eps,
         d_state=gc.mamba_d_state, d_conv=gc.mamba_d_conv, expand=int(gc.mamba_expand), headdim=gc.mamba_d_head,
         ngroups=gc.mamba_n_groups, chunk_size=gc.mamba_chunk_size, conv_bias=bool(gc.mamba_conv_bias),
-        proj_bias=bool(gc.mamba_proj_bias), attn_bias=bool(gc.attention_bias), mlp_bias=False,
+        proj_bias=bool(gc.mamba_proj_bias), attn_bias=bool(gc.attention_bias), mlp_bias=False, **dtl,
         initializer_range=gc.initializer_range, residual_in_fp32=False,
         # the multipliers below make the embedding and the head differ, so a tied checkpoint converts untied
         tie_word_embeddings=bool(gc.tie_word_embeddings) and gc.embedding_multiplier * gc.logits_scaling == 1,
@@ -187,15 +187,18 @@ def config_from_mamba_ssm(cfg: dict) -> HybridConfig:
     s = _with_defaults(dict(c['ssm_cfg'] or {}), _MS_SSM, 'ssm_cfg')
     n, d, attn_idx = c['n_layer'], c['d_model'], list(c['attn_layer_idx'] or [])
     if not c['rms_norm']: _refuse(A, 'rms_norm', False, "our norms are RMSNorm, not LayerNorm")
-    if not c['d_intermediate']: _refuse(A, 'd_intermediate', 0, "every HybridBlock has an MLP")
+    no_mlp = not c['d_intermediate']                 # d_intermediate=0 (state-spaces' mamba2attn models): blocks are the mixer alone
     if len(attn_idx) < n and s['layer'] != 'Mamba2': _refuse(A, 'ssm_cfg.layer', s['layer'], "only Mamba-2 layers are supported")
-    for f in ('d_ssm', 'D_has_hdim', 'rmsnorm', 'norm_before_gate', 'dt_limit'):
+    lo, hi = (float(x) for x in s['dt_limit'])
+    if not 0 <= lo < hi: _refuse(A, 'ssm_cfg.dt_limit', s['dt_limit'], "need 0 <= low < high")
+    for f in ('d_ssm', 'D_has_hdim', 'rmsnorm', 'norm_before_gate'):
         ok = {'d_ssm': s['d_ssm'] in (None, s['expand'] * d), 'D_has_hdim': not s['D_has_hdim'], 'rmsnorm': bool(s['rmsnorm']),
-              'norm_before_gate': not s['norm_before_gate'], 'dt_limit': tuple(s['dt_limit']) == (0.0, float('inf'))}[f]
+              'norm_before_gate': not s['norm_before_gate']}[f]
         if not ok: _refuse(A, f'ssm_cfg.{f}', s[f], f"HybridConfig's Mamba-2 layer has only the default ({_MS_SSM[f]!r})")
     vocab = c['vocab_size'] + (-c['vocab_size']) % c['pad_vocab_size_multiple']
-    d_ff = -(-c['d_intermediate'] // _MS_MLP_MULTIPLE) * _MS_MLP_MULTIPLE
+    d_ff = -(-c['d_intermediate'] // _MS_MLP_MULTIPLE) * _MS_MLP_MULTIPLE if not no_mlp else None
     kw = dict(vocab_size=vocab, d_model=d, d_ff=d_ff, layer_pattern=pattern_from_indices(n, attn_idx), norm_eps=_MS_NORM_EPS,
+              layers_without_mlp=list(range(n)) if no_mlp else [], dt_limit_min=lo, dt_limit_max=None if hi == float('inf') else hi,
               d_state=s['d_state'], d_conv=s['d_conv'], expand=s['expand'], headdim=s['headdim'], ngroups=s['ngroups'],
               chunk_size=s['chunk_size'], dt_min=s['dt_min'], dt_max=s['dt_max'], dt_init_floor=s['dt_init_floor'],
               proj_bias=bool(s['bias']), conv_bias=bool(s['conv_bias']), residual_in_fp32=bool(c['residual_in_fp32']),
@@ -204,8 +207,8 @@ def config_from_mamba_ssm(cfg: dict) -> HybridConfig:
         a = _with_defaults(dict(c['attn_cfg'] or {}), _MS_ATTN, 'attn_cfg')
         H = a['num_heads']
         if not H: _refuse(A, 'attn_cfg.num_heads', H, "attention layers need num_heads")
-        hd = d // H
-        if d % H or a['head_dim'] not in (None, hd): _refuse(A, 'attn_cfg.head_dim', a['head_dim'], f"our head_dim is d_model/num_heads = {hd}")
+        if a['head_dim'] is None and d % H: _refuse(A, 'attn_cfg.num_heads', H, f"d_model={d} is not divisible by it (and no head_dim is given)")
+        hd = a['head_dim'] or d // H                 # MHA's head_dim defaults to d_model // num_heads
         if not a['causal']: _refuse(A, 'attn_cfg.causal', a['causal'], "a causal LM needs causal attention (mamba_ssm's MHA default is causal=False)")
         if a['qkv_proj_bias'] != a['out_proj_bias']:
             _refuse(A, 'attn_cfg.qkv_proj_bias', a['qkv_proj_bias'], f"HybridConfig.attn_bias covers q/k/v and out together (out_proj_bias={a['out_proj_bias']})")
@@ -215,7 +218,7 @@ def config_from_mamba_ssm(cfg: dict) -> HybridConfig:
                            ('rotary_emb_interleaved', not a['rotary_emb_interleaved'], "our RoPE rotates halves (GPT-NeoX style), not interleaved pairs"),
                            ('softmax_scale', a['softmax_scale'] is None or math.isclose(a['softmax_scale'], hd ** -0.5), f"our scale is head_dim**-0.5")):
             if not ok: _refuse(A, f'attn_cfg.{f}', a[f], why)
-        kw.update(n_heads=H, n_kv_heads=a['num_heads_kv'] or H, attn_bias=bool(a['qkv_proj_bias']),
+        kw.update(n_heads=H, n_kv_heads=a['num_heads_kv'] or H, attn_bias=bool(a['qkv_proj_bias']), attn_head_dim=None if hd * H == d else hd,
                   rope_dim=None if a['rotary_emb_dim'] == hd else a['rotary_emb_dim'], rope_theta=float(a['rotary_emb_base']))
     else:
         kw.update(n_heads=1, n_kv_heads=1)       # no attention layer: the head fields are unused
@@ -261,6 +264,11 @@ def _inv(m: dict) -> dict: return {v: k for k, v in m.items()}
 
 def config_to_bamba(c: HybridConfig) -> dict:
     "`BambaConfig` keyword arguments for `c`; a `ConversionError` naming the field Bamba cannot express."
+    for f, ok, why in (('mlp_act', c.mlp_act == 'swiglu', "Bamba's MLP is SwiGLU"),
+                       ('layers_without_mlp', not c.layers_without_mlp, "every Bamba layer has an MLP"),
+                       ('attn_head_dim', c.attn_head_dim in (None, c.d_model // c.n_heads), "Bamba's head size is hidden_size/num_attention_heads"),
+                       ('mamba_d_inner', c.mamba_d_inner in (None, c.expand * c.d_model), "Bamba's Mamba width is mamba_expand*hidden_size")):
+        if not ok: _refuse('bamba', f, getattr(c, f), why)
     hd, r = c.head_dim, c.head_dim if c.rope_dim is None else c.rope_dim
     if r == 0: _refuse('bamba', 'rope_dim', 0, "Bamba's attention always applies RoPE")
     if int(hd * (r / hd)) != r: _refuse('bamba', 'rope_dim', c.rope_dim, f"partial_rotary_factor={r / hd} does not give back {r} of {hd} dims")
@@ -272,6 +280,7 @@ def config_to_bamba(c: HybridConfig) -> dict:
                 mamba_d_conv=c.d_conv, mamba_expand=c.expand, mamba_chunk_size=c.chunk_size, mamba_conv_bias=c.conv_bias,
                 mamba_proj_bias=c.proj_bias, attention_bias=c.attn_bias, mlp_bias=c.mlp_bias,
                 rope_parameters=dict(rope_type='default', rope_theta=c.rope_theta, partial_rotary_factor=r / hd),
+                time_step_limit=list(c.dt_limit),
                 pad_token_id=c.pad_token_id, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id)
 
 def state_dict_to_bamba(sd: dict, c: HybridConfig) -> dict:
@@ -290,15 +299,22 @@ def config_to_mamba_ssm(c: HybridConfig) -> dict:
     "The `config.json` dict of mamba_ssm's `MambaConfig` for `c`; a `ConversionError` naming the field mamba_ssm cannot express."
     A = 'mamba_ssm'
     if not math.isclose(c.norm_eps, _MS_NORM_EPS): _refuse(A, 'norm_eps', c.norm_eps, f"MambaLMHeadModel's norms always use eps={_MS_NORM_EPS}")
-    if c.mlp_bias: _refuse(A, 'mlp_bias', True, "mamba_ssm builds GatedMLP without biases")
-    if c.d_ff % _MS_MLP_MULTIPLE: _refuse(A, 'd_ff', c.d_ff, f"GatedMLP rounds d_intermediate up to a multiple of {_MS_MLP_MULTIPLE}")
+    if c.mlp_bias and len(c.layers_without_mlp) < c.n_layers: _refuse(A, 'mlp_bias', True, "mamba_ssm builds GatedMLP without biases")
+    no_mlp = len(c.layers_without_mlp) == c.n_layers
+    if c.layers_without_mlp and not no_mlp:
+        _refuse(A, 'layers_without_mlp', c.layers_without_mlp, "MambaLMHeadModel gives every block an MLP (d_intermediate > 0) or none (0)")
+    if not no_mlp and c.mlp_act != 'swiglu': _refuse(A, 'mlp_act', c.mlp_act, "mamba_ssm's MLP is GatedMLP (SwiGLU)")
+    if not no_mlp and c.d_ff % _MS_MLP_MULTIPLE: _refuse(A, 'd_ff', c.d_ff, f"GatedMLP rounds d_intermediate up to a multiple of {_MS_MLP_MULTIPLE}")
+    if c.mamba_d_inner not in (None, c.expand * c.d_model):
+        _refuse(A, 'mamba_d_inner', c.mamba_d_inner, f"Mamba2's inner width is expand*d_model={c.expand * c.d_model}")
     ssm = dict(layer='Mamba2', d_state=c.d_state, d_conv=c.d_conv, expand=c.expand, headdim=c.headdim, ngroups=c.ngroups,
                chunk_size=c.chunk_size, dt_min=c.dt_min, dt_max=c.dt_max, dt_init_floor=c.dt_init_floor, bias=c.proj_bias,
                conv_bias=c.conv_bias)
+    if c.dt_limit != (0.0, float('inf')): ssm['dt_limit'] = list(c.dt_limit)
     attn = {} if not c.attn_layer_idx else dict(
         num_heads=c.n_heads, num_heads_kv=c.n_kv_heads, head_dim=c.head_dim, qkv_proj_bias=c.attn_bias, out_proj_bias=c.attn_bias,
         causal=True, rotary_emb_dim=c.head_dim if c.rope_dim is None else c.rope_dim, rotary_emb_base=c.rope_theta, rotary_emb_interleaved=False)
-    return dict(d_model=c.d_model, d_intermediate=c.d_ff, n_layer=c.n_layers, vocab_size=c.vocab_size, ssm_cfg=ssm,
+    return dict(d_model=c.d_model, d_intermediate=0 if no_mlp else c.d_ff, n_layer=c.n_layers, vocab_size=c.vocab_size, ssm_cfg=ssm,
                 attn_layer_idx=c.attn_layer_idx, attn_cfg=attn, rms_norm=True, residual_in_fp32=c.residual_in_fp32,
                 fused_add_norm=True, pad_vocab_size_multiple=1, tie_embeddings=c.tie_word_embeddings)
 

@@ -85,7 +85,7 @@ class HybridBlock(GradientCheckpointingLayer):
                                      ngroups=c.ngroups, chunk_size=c.chunk_size, dt_min=c.dt_min, dt_max=c.dt_max,
                                      dt_init_floor=c.dt_init_floor, bias=c.proj_bias, conv_bias=c.conv_bias,
                                      norm_eps=c.norm_eps, layer_idx=layer_idx, ssm_state_dtype=c.ssm_state_dtype,
-                                     d_inner=c.d_inner)
+                                     d_inner=c.d_inner, dt_limit=c.dt_limit)
             self.mixer.out_proj._is_residual_out = True
         else:
             self.mixer = GQAttention(c, layer_idx)

@@ -83,6 +83,8 @@ class HybridConfig(PretrainedConfig):
     layers_without_mlp: list[int] | None = None   # indices of blocks that are the mixer alone, no MLP (None or [] -> every block has one)
     attn_head_dim: int | None = None   # attention head size; None -> d_model // n_heads
     mamba_d_inner: int | None = None   # Mamba-2 inner width (nheads * headdim); None -> expand * d_model
+    dt_limit_min: float = 0.0          # Mamba-2 step size clamped to [dt_limit_min, dt_limit_max] after the softplus (mamba_ssm's dt_limit)
+    dt_limit_max: float | None = None  # None -> no upper bound
     # init and numerics
     initializer_range: float = 0.02
     rescale_prenorm_residual: bool = True
@@ -119,6 +121,8 @@ class HybridConfig(PretrainedConfig):
     @property
     def mamba_layer_idx(self) -> list[int]: return [i for i, t in enumerate(self.layer_pattern) if t == 'M']
     def has_mlp(self, i: int) -> bool: return i not in self.layers_without_mlp
+    @property
+    def dt_limit(self) -> tuple[float, float]: return (self.dt_limit_min, float('inf') if self.dt_limit_max is None else self.dt_limit_max)
 
     def check(self):
         "Validate the config; raise a `ValueError` naming the bad field and value."
@@ -144,6 +148,8 @@ class HybridConfig(PretrainedConfig):
         need(self.ssm_state_dtype in ('float32', 'bfloat16', 'float16'),
              f"ssm_state_dtype must be 'float32', 'bfloat16' or 'float16', got {self.ssm_state_dtype!r}")
         need(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
+        need(0 <= self.dt_limit_min and (self.dt_limit_max is None or self.dt_limit_max > self.dt_limit_min),
+             f"need 0 <= dt_limit_min < dt_limit_max (None: no bound), got {self.dt_limit_min}, {self.dt_limit_max}")
         need(self.mlp_act in ('swiglu', 'relu2'), f"mlp_act must be 'swiglu' or 'relu2', got {self.mlp_act!r}")
         lw = self.layers_without_mlp
         need(isinstance(lw, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < self.n_layers for i in lw)

@@ -131,4 +131,4 @@ def _convert(args) -> int:
     print(f"{args.src} -> {args.dst} ({args.to}: {model.config.layer_pattern}, {model.num_parameters():,} parameters)")
     return 0
 
-register('convert', _convert_args, _convert, help='convert a pretrained hybrid (Bamba, Granite-4.0 dense, mamba_ssm, hybridslm) to another format')
+register('convert', _convert_args, _convert, help='convert a pretrained hybrid (Bamba, Granite-4.0 dense, Nemotron-H dense, mamba_ssm, hybridslm) to another format')

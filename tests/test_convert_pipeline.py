@@ -5,7 +5,7 @@ converted once with the real `hybridslm convert` CLI. The converted folder, load
 LoRA, int8/int4 quantization, ONNX export, `hybridslm serve` and the lm-eval adapter; each result is checked against
 an independent computation (the float model, torch, `model.generate`, or the Bamba model's own logits). The last test
 runs the three commands a user types to get from a released checkpoint to a LoRA fine-tune and a served endpoint."""
-import copy, json, os, shlex, subprocess, sys, time
+import json, os, shlex, subprocess, sys, time
 from pathlib import Path
 import httpx, numpy as np, pytest, torch
 from transformers import AutoModelForCausalLM, BambaConfig, BambaForCausalLM
@@ -75,7 +75,7 @@ def test_converted_equals_bamba_and_keeps_tokenizer(conv):
     for f in ('tokenizer.json', 'tokenizer_config.json'):
         assert (conv['dst'] / f).read_bytes() == (conv['src'] / f).read_bytes(), f
 
-def test_lora(conv):
+def test_lora(conv, tmp_path):
     pytest.importorskip('peft')
     from hybridslm.post.lora import (apply_lora, verify_lora, train_lora, merge_lora, assistant_loss, load_instructions,
                                      tokenize_chat, pack_examples)
@@ -101,6 +101,10 @@ def test_lora(conv):
     d_merge, d_base = (lm - la).abs().max().item(), (la - base).abs().max().item()
     print(f"max |merged - adapter| = {d_merge:.2e}, max |adapter - base| = {d_base:.2e}")
     assert d_merge < 1e-4 and d_base > 1e-2
+    # the merged model is a plain checkpoint again: saved and reloaded the normal way, it computes the same logits
+    merged.save_pretrained(tmp_path / 'merged')
+    back = AutoModelForCausalLM.from_pretrained(str(tmp_path / 'merged')).eval()
+    assert type(back) is HybridForCausalLM and torch.equal(logits(back, x, am), lm)
 
 def _agreement(q, f, am):
     "Top-1 agreement and relative L2 error of logits `q` vs `f` over real (unpadded) positions."

@@ -8,7 +8,7 @@ import argparse, json, os, sys
 from typing import Callable
 
 # %% auto #0
-__all__ = ['COMMANDS', 'LAZY', 'CONVERT_TARGETS', 'register', 'command', 'main', 'serve_config']
+__all__ = ['COMMANDS', 'LAZY', 'CONVERT_TARGETS', 'TOKENIZER_FILES', 'register', 'command', 'main', 'serve_config']
 
 # %% ../nbs/52_serve.cli.ipynb #37aa13cb
 COMMANDS: dict[str, tuple] = {}
@@ -114,6 +114,8 @@ register('serve', _serve_args, _serve, help='OpenAI-compatible HTTP server (cont
 
 # %% ../nbs/52_serve.cli.ipynb #c0a7e1d3
 CONVERT_TARGETS = ('hybridslm', 'bamba', 'mamba_ssm')
+TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'added_tokens.json', 'tokenizer.model',
+                   'vocab.json', 'merges.txt', 'chat_template.jinja', 'chat_template.json')
 
 def _convert_args(p: argparse.ArgumentParser):
     p.add_argument('src', help='checkpoint directory: transformers (Bamba, dense Granite-4.0 hybrid), mamba_ssm (config.json + pytorch_model.bin) or hybridslm')
@@ -128,7 +130,11 @@ def _convert(args) -> int:
     model = from_pretrained_hybrid(args.src)
     if args.to == 'hybridslm': model.save_pretrained(dst)
     else: to_pretrained_hybrid(model, args.to, dst)
-    print(f"{args.src} -> {args.dst} ({args.to}: {model.config.layer_pattern}, {model.num_parameters():,} parameters)")
+    import shutil
+    copied = [f for f in TOKENIZER_FILES if os.path.isdir(args.src) and os.path.isfile(os.path.join(args.src, f))]
+    for f in copied: shutil.copyfile(os.path.join(args.src, f), os.path.join(dst, f))
+    print(f"{args.src} -> {args.dst} ({args.to}: {model.config.layer_pattern}, {model.num_parameters():,} parameters"
+          f"{', tokenizer copied' if copied else ', no tokenizer files in the source'})")
     return 0
 
 register('convert', _convert_args, _convert, help='convert a pretrained hybrid (Bamba, Granite-4.0 dense, Nemotron-H dense, mamba_ssm, hybridslm) to another format')

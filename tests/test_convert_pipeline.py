@@ -194,22 +194,26 @@ class Background:
             except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait()
         self.log.close()
 
+def start_server(model_dir: Path, log: Path):
+    "`hybridslm serve --model DIR --port P` as a user types it (loopback, no key); returns it once /health answers."
+    port = free_port()
+    srv = Background(f"{cli('hybridslm')} serve --model {shlex.quote(str(model_dir))} --port {port}", log)
+    srv.url = f'http://127.0.0.1:{port}'
+    while True:
+        assert srv.proc.poll() is None, f"server exited:\n{srv.logs()}"
+        try:
+            if httpx.get(srv.url + '/health', timeout=1).status_code == 200: break
+        except httpx.HTTPError: pass
+        if time.time() - srv.t0 > 120: srv.stop(); raise AssertionError(f"server not healthy after 120 s:\n{srv.logs()}")
+        time.sleep(0.25)
+    print(f"\nserve: healthy {time.time() - srv.t0:.1f} s after start")
+    return srv
+
 @pytest.fixture(scope='module')
 def served(conv):
-    "Command 3 of the user path, exactly as typed: `hybridslm serve --model DST --port P` (loopback, no key); ready on /health."
-    port = free_port()
-    srv = Background(f"{cli('hybridslm')} serve --model {shlex.quote(str(conv['dst']))} --port {port}", conv['root'] / 'serve.log')
-    url = f'http://127.0.0.1:{port}'
-    try:
-        while True:
-            assert srv.proc.poll() is None, f"server exited:\n{srv.logs()}"
-            try:
-                if httpx.get(url + '/health', timeout=1).status_code == 200: break
-            except httpx.HTTPError: pass
-            assert time.time() - srv.t0 < 120, f"server not healthy after 120 s:\n{srv.logs()}"
-            time.sleep(0.25)
-        print(f"\nserve: healthy {time.time() - srv.t0:.1f} s after start")
-        yield dict(url=url, name=conv['dst'].name, cmd=srv.cmd)
+    "The converted checkpoint served."
+    srv = start_server(conv['dst'], conv['root'] / 'serve.log')
+    try: yield dict(url=srv.url, name=conv['dst'].name, cmd=srv.cmd)
     finally: srv.stop()
 
 def test_serve(conv, served):
@@ -251,16 +255,15 @@ def test_eval_adapter(conv):
     # the multiple-choice answer (highest log-likelihood of the three) is the same either way
     assert max(range(3), key=lambda i: got[i][0]) == max(range(3), key=lambda i: wants[i])
 
-def test_user_path_three_commands(conv, served, tmp_path):
+def test_user_path_three_commands(conv, tmp_path):
     """The README path on the tiny checkpoint, each command run exactly as a user types it: convert a released
-    checkpoint (the `conv` fixture), LoRA fine-tune the converted folder with the fine-tune notebook (here), serve it
-    (the `served` fixture, shared with `test_serve`; serving does not read the fine-tune's output). The fine-tune
-    leaves an adapter that loads onto the converted model, and the endpoint answers a chat request."""
+    checkpoint (the `conv` fixture), LoRA fine-tune the converted folder with the fine-tune notebook, serve the merged
+    fine-tune it writes (`<out_dir>/merged`). The adapter loads onto the converted model, and the endpoint answers
+    with the fine-tuned model's own greedy text."""
     dst, ft, q = conv['dst'], tmp_path / 'ft', lambda p: shlex.quote(str(p))
     finetune = (f"{cli('papermill')} experiments/finetune.ipynb {q(tmp_path / 'finetune.ipynb')} "
                 f"-p base_model {q(dst)} -p out_dir {q(ft)} -p steps 3 -p max_train 24 -p seq_len 64 -p r 8 -p alpha 16 "
                 f"-p heldout_alpaca 4 -p heldout_seed_tasks 4 -p n_samples 1 -p max_new_tokens 4")
-    print('\n' + '\n'.join((conv['cmd'], finetune, served['cmd'])))
     fin = Background(finetune, tmp_path / 'finetune.log')
     assert fin.wait(300) == 0, fin.logs()[-3000:]
     print(f"fine-tune: {time.time() - fin.t0:.1f} s"); fin.stop()
@@ -272,9 +275,17 @@ def test_user_path_three_commands(conv, served, tmp_path):
     pm = load_adapter(load(conv), ft / 'adapter')
     x, am = batch(conv['ref'].config.vocab_size, 3)
     assert (logits(pm, x, am) - logits(load(conv), x, am)).abs().max() > 1e-3     # the trained adapter changes the model
-    url, name = served['url'], served['name']
-    assert [m['id'] for m in httpx.get(url + '/v1/models', timeout=10).json()['data']] == [name]
-    r = httpx.post(url + '/v1/chat/completions', timeout=60, json=dict(
-        model=name, messages=[{'role': 'user', 'content': 'Say hello.'}], max_tokens=8, temperature=0))
-    assert r.status_code == 200 and r.json()['choices'][0]['message']['role'] == 'assistant', r.text
-    assert r.json()['usage']['completion_tokens'] >= 1
+    merged = AutoModelForCausalLM.from_pretrained(str(ft / 'merged')).eval()
+    assert (logits(merged, x, am) - logits(pm, x, am)).abs().max() < 1e-3          # the served folder is the fine-tune
+    srv = start_server(ft / 'merged', tmp_path / 'serve.log')
+    try:
+        print('\n' + '\n'.join((conv['cmd'], finetune, srv.cmd)))
+        name = 'merged'
+        assert [m['id'] for m in httpx.get(srv.url + '/v1/models', timeout=10).json()['data']] == [name]
+        r = httpx.post(srv.url + '/v1/completions', timeout=60, json=dict(model=name, prompt='Once upon a time', max_tokens=8, temperature=0))
+        assert r.status_code == 200, r.text
+        assert r.json()['choices'][0]['text'] == greedy_text(merged, conv['tok'], 'Once upon a time', 8)
+        r = httpx.post(srv.url + '/v1/chat/completions', timeout=60, json=dict(
+            model=name, messages=[{'role': 'user', 'content': 'Say hello.'}], max_tokens=8, temperature=0))
+        assert r.status_code == 200 and r.json()['choices'][0]['message']['role'] == 'assistant', r.text
+    finally: srv.stop()

@@ -113,7 +113,7 @@ def _serve(args) -> int:
 register('serve', _serve_args, _serve, help='OpenAI-compatible HTTP server (continuous batching, prefix cache, /metrics)')
 
 # %% ../nbs/52_serve.cli.ipynb #c0a7e1d3
-CONVERT_TARGETS = ('hybridslm', 'bamba', 'mamba_ssm')
+CONVERT_TARGETS = ('hybridslm', 'bamba', 'nemotron_h', 'mamba_ssm')
 TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'added_tokens.json', 'tokenizer.model',
                    'vocab.json', 'merges.txt', 'chat_template.jinja', 'chat_template.json')
 

@@ -15,7 +15,8 @@ __all__ = ['EXPORTERS', 'IMPORTERS', 'NOT_YET', 'ConversionError', 'config_from_
            'config_from_granite', 'state_dict_from_granite', 'from_granite', 'config_from_nemotron_h',
            'state_dict_from_nemotron_h', 'from_nemotron_h', 'config_from_mamba_ssm', 'state_dict_from_mamba_ssm',
            'from_mamba_ssm', 'config_to_bamba', 'state_dict_to_bamba', 'config_to_mamba_ssm', 'state_dict_to_mamba_ssm',
-           'to_pretrained_hybrid', 'load_plain_state_dict', 'from_pretrained_hybrid']
+           'to_pretrained_hybrid', 'config_to_nemotron_h', 'state_dict_to_nemotron_h', 'load_plain_state_dict',
+           'from_pretrained_hybrid']
 
 # %% ../nbs/43_convert.ipynb #6f911915
 class ConversionError(ValueError):
@@ -404,25 +405,68 @@ def state_dict_to_mamba_ssm(sd: dict, c: HybridConfig) -> dict:
 EXPORTERS = {'bamba': (config_to_bamba, state_dict_to_bamba), 'mamba_ssm': (config_to_mamba_ssm, state_dict_to_mamba_ssm)}
 
 def to_pretrained_hybrid(model: HybridForCausalLM, arch: str, dst=None) -> tuple[dict, dict]:
-    """`model` as architecture `arch` ('bamba' or 'mamba_ssm'): returns `(config dict, state dict)`; with `dst`, also writes
-    that directory (bamba: `config.json` + `model.safetensors`, loadable by `BambaForCausalLM.from_pretrained`; mamba_ssm:
+    """`model` as architecture `arch` ('bamba', 'nemotron_h' or 'mamba_ssm'): returns `(config dict, state dict)`; with `dst`,
+    also writes that directory (bamba, nemotron_h: `config.json` + `model.safetensors`, loadable by transformers'
+    `BambaForCausalLM` / `NemotronHForCausalLM.from_pretrained`; mamba_ssm:
     `config.json` + `pytorch_model.bin`, loadable by `MambaLMHeadModel.from_pretrained`)."""
     if arch not in EXPORTERS: raise ConversionError(f"unsupported target architecture {arch!r}; choose one of {sorted(EXPORTERS)}")
     to_cfg, to_sd = EXPORTERS[arch]
     cfg, sd = to_cfg(model.config), to_sd(model.state_dict(), model.config)
     if dst is not None:
         dst = Path(dst); dst.mkdir(parents=True, exist_ok=True)
-        if arch == 'bamba':
-            from transformers import BambaConfig
+        if arch in ('bamba', 'nemotron_h'):
+            import transformers
             from safetensors.torch import save_file
-            BambaConfig(**cfg).save_pretrained(dst)
-            tied = model.config.tie_word_embeddings
+            getattr(transformers, {'bamba': 'BambaConfig', 'nemotron_h': 'NemotronHConfig'}[arch])(**cfg).save_pretrained(dst)
+            tied = arch == 'bamba' and model.config.tie_word_embeddings
             save_file({k: v.detach().contiguous() for k, v in sd.items() if not (tied and k == 'lm_head.weight')},
                       str(dst / 'model.safetensors'), metadata={'format': 'pt'})
         else:
             (dst / 'config.json').write_text(json.dumps(cfg, indent=4) + '\n')
             torch.save({k: v.detach() for k, v in sd.items()}, dst / 'pytorch_model.bin')
     return cfg, sd
+
+# %% ../nbs/43_convert.ipynb #0bc46afe
+def config_to_nemotron_h(c: HybridConfig) -> dict:
+    "`NemotronHConfig` keyword arguments for `c`; a `ConversionError` naming the field Nemotron-H cannot express."
+    A = 'nemotron_h'
+    has_mlp = [c.has_mlp(i) for i in range(c.n_layers)]
+    for f, ok, why in (('mlp_act', c.mlp_act == 'relu2' or not any(has_mlp), "Nemotron-H's MLP is the squared-ReLU MLP"),
+                       ('rope_dim', c.rope_dim == 0 or not c.attn_layer_idx, "Nemotron-H's attention has no position encoding"),
+                       ('attn_bias', not c.attn_bias, "transformers builds Nemotron-H's attention without biases"),
+                       ('dt_limit_max', c.dt_limit_max is None, "Nemotron-H clamps the step size from below only"),
+                       ('dt_limit_min', c.dt_limit_min > 0, "Nemotron-H clamps at time_step_min, which must be > 0 (its initialisation takes its log)")):
+        if not ok: _refuse(A, f, getattr(c, f), why)
+    types = []
+    for i, t in enumerate(c.layer_pattern): types += ['full_attention' if t == 'A' else 'linear_attention'] + (['mlp'] if has_mlp[i] else [])
+    return dict(vocab_size=c.vocab_size, tie_word_embeddings=False, hidden_size=c.d_model, intermediate_size=c.d_ff,
+                layers_block_type=types, num_attention_heads=c.n_heads, num_key_value_heads=c.n_kv_heads, head_dim=c.head_dim,
+                attention_bias=False, mlp_hidden_act='relu2', mlp_bias=c.mlp_bias, mamba_num_heads=c.mamba_nheads,
+                mamba_head_dim=c.headdim, n_groups=c.ngroups, ssm_state_size=c.d_state, conv_kernel=c.d_conv, expand=c.expand,
+                chunk_size=c.chunk_size, use_conv_bias=c.conv_bias, use_bias=c.proj_bias, mamba_hidden_act='silu',
+                layer_norm_epsilon=c.norm_eps, max_position_embeddings=c.max_seq_len, initializer_range=c.initializer_range,
+                time_step_min=c.dt_limit_min, time_step_max=max(c.dt_max, 2 * c.dt_limit_min), time_step_floor=c.dt_init_floor,
+                pad_token_id=c.pad_token_id, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id)
+
+def state_dict_to_nemotron_h(sd: dict, c: HybridConfig) -> dict:
+    "Our tensor names -> Nemotron-H's: block `b` becomes its mixer layer and, if it has an MLP, the MLP layer after it."
+    first, n = [], 0
+    for i in range(c.n_layers): first.append(n); n += 2 if c.has_mlp(i) else 1
+    out = {'model.embeddings.weight': sd['model.embed_tokens.weight'], 'model.norm_f.weight': sd['model.norm.weight'],
+           'lm_head.weight': sd.get('lm_head.weight', sd['model.embed_tokens.weight'])}      # Nemotron-H never ties
+    for k, v in sd.items():
+        if not k.startswith('model.layers.'): continue
+        b, rest = k[len('model.layers.'):].split('.', 1)
+        m = first[int(b)]
+        if rest == 'mixer_norm.weight': out[f'model.layers.{m}.norm.weight'] = v
+        elif rest == 'mlp_norm.weight': out[f'model.layers.{m + 1}.norm.weight'] = v
+        elif rest.startswith('mixer.'): out[f'model.layers.{m}.{rest}'] = v
+        elif rest.startswith('mlp.'): out[f'model.layers.{m + 1}.mixer.{rest[len("mlp."):]}'] = v
+        else: raise ConversionError(f"nemotron_h: tensor {k!r} has no counterpart in NemotronHForCausalLM")
+    return out
+
+EXPORTERS['nemotron_h'] = (config_to_nemotron_h, state_dict_to_nemotron_h)
+
 
 # %% ../nbs/43_convert.ipynb #260e2592
 IMPORTERS = {'bamba': ('BambaForCausalLM', config_from_bamba, from_bamba),     # transformers model_type -> (class, config check, converter)

@@ -49,6 +49,7 @@ class TrainSpec:
     grad_checkpointing: bool = False
     compile: bool = False
     cuda_graphs: bool = False
+    document_mask: bool = True         # packed rows: each document sees only itself (TrainArgs.document_mask); False: rows trained whole
     eval_every: int = 25
     eval_batches: int = 8
     final_eval_batches: int = 40

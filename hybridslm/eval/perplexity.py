@@ -23,30 +23,32 @@ def windows(n: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
     return out
 
 # %% ../../nbs/33_eval.perplexity.ipynb #cdbfec05
-def _forward_hidden(model, ids):
-    "Final hidden states and the LM head for a `transformers` model with a base model and an output embedding; else the logits and None."
+def _forward_hidden(model, ids, **kw):
+    """Final hidden states and the LM head for a `transformers` model with a base model and an output embedding; else the
+    logits and None. `kw` (e.g. `seq_idx` for packed rows) goes to the forward."""
     from transformers import PreTrainedModel
     base = getattr(model, 'base_model', None) if isinstance(model, PreTrainedModel) else None
     head = model.get_output_embeddings() if base is not None else None
-    if base is not None and base is not model and head is not None: return base(input_ids=ids, use_cache=False).last_hidden_state, head
-    return model(ids).logits, None
+    if base is not None and base is not model and head is not None: return base(input_ids=ids, use_cache=False, **kw).last_hidden_state, head
+    return model(ids, **kw).logits, None
 
 def shifted_targets(ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
     "The next-token targets of every position, `(B, T)`: `labels` (default `ids`) shifted left by one, -100 at the last position."
     y = ids if labels is None else labels
     return torch.cat([y[:, 1:], torch.full_like(y[:, :1], -100)], 1)
 
-def next_token_nll(model, ids: torch.Tensor, targets: torch.Tensor | None = None, autocast_dtype=None):
+def next_token_nll(model, ids: torch.Tensor, targets: torch.Tensor | None = None, autocast_dtype=None, seq_idx=None):
     """Per-position NLL (nats, fp32) of the batch `ids` `(B, T)`: `(nll, mask)`, both `(B, T)`, where position t scores
     `targets[:, t]` (default `shifted_targets(ids)`: the next token) and a target of -100 is not scored (nll 0, mask
     False). The LM head runs only at scored positions when the model exposes its base model and head. Every loss
     evaluation of the project is this: training's validation loss, sliding-window perplexity, the quantization check's
-    perplexity and LoRA's assistant-token loss."""
+    perplexity and LoRA's assistant-token loss. `seq_idx (B, T)`: packed rows scored as training sees them, each
+    document on its own (the model's document masking)."""
     tgt = (shifted_targets(ids) if targets is None else targets).to(ids.device)
     if tgt.shape != ids.shape: raise ValueError(f"targets {tuple(tgt.shape)} must have the shape of ids {tuple(ids.shape)}")
     mask = tgt != -100
     with torch.autocast(ids.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        h, head = _forward_hidden(model, ids)
+        h, head = _forward_hidden(model, ids, **({} if seq_idx is None else {'seq_idx': seq_idx}))
         hs = h[mask]
         logits = head(hs) if head is not None else hs
     nll = torch.zeros(mask.shape, dtype=torch.float32, device=ids.device)

@@ -11,7 +11,7 @@ from .optim import make_optimizer, param_groups
 from .checkpoint import (CheckpointError, RESUME_FIELDS, latest_checkpoint, list_checkpoints, make_tmp_dir,
                                         checkpoint_files, hash_files, write_manifest, read_manifest, verify_checkpoint,
                                         read_trainer_state, resume_latest, clean_incomplete, check_writable)
-from .loop import TrainArgs, Backend, StepResult, train_loop, evaluate, split_batch
+from .loop import TrainArgs, Backend, StepResult, train_loop, evaluate, split_batch, document_eos
 from .monitor import step_metrics, memory_stats
 
 # %% auto #0
@@ -325,7 +325,8 @@ class DeepSpeedBackend(Backend):
         if 'cuda_max_alloc_gb' in metrics: metrics['cuda_max_alloc_gb'] = float(self.agg[3])
         return metrics
 
-    def evaluate(self, data, args): return evaluate(self.engine, data, args.micro_batch, args.eval_batches)
+    def evaluate(self, data, args):
+        return evaluate(self.engine, data, args.micro_batch, args.eval_batches, eos_token_id=document_eos(args, data, self.config))
     def save(self, ck_dir, st, tokenizer, keep_last):
         return _save_ds_checkpoint(self.engine, ck_dir, {**st, **self.extra}, tokenizer, keep_last, self.rank, self.world)
     def load(self, ck): return _load_ds_checkpoint(self.engine, ck, self.rank, self.world)

@@ -132,8 +132,10 @@ class TrainArgs:
 
 # %% ../../nbs/22_train.loop.ipynb #aab2dd15
 @torch.no_grad()
-def evaluate(model, dataset, batch_size: int = 8, max_batches: int | None = None, autocast_dtype=None) -> float:
-    "Mean next-token cross-entropy (nats) over the dataset's rows in order."
+def evaluate(model, dataset, batch_size: int = 8, max_batches: int | None = None, autocast_dtype=None,
+             eos_token_id: int | None = None) -> float:
+    """Mean next-token cross-entropy (nats) over the dataset's rows in order. `eos_token_id`: packed rows split into
+    documents after each EOS, each scored on its own, as `fit` trains them (`document_eos`); None: rows scored whole."""
     if len(dataset) == 0: raise ValueError("evaluate: the dataset has no rows")
     was_training = model.training; model.eval()
     dev, total, count = next(model.parameters()).device, 0.0, 0
@@ -142,7 +144,9 @@ def evaluate(model, dataset, batch_size: int = 8, max_batches: int | None = None
     from hybridslm.eval.perplexity import next_token_nll
     for i in range(0, n, batch_size):
         ids = fetch_batch(dataset, range(i, min(i + batch_size, n)), vocab).to(dev)
-        nll, mask = next_token_nll(model, ids, autocast_dtype=autocast_dtype)
+        si = document_seq_idx(ids, eos_token_id) if eos_token_id is not None else None
+        si = si if si is not None and bool(si[:, -1].any()) else None
+        nll, mask = next_token_nll(model, ids, autocast_dtype=autocast_dtype, seq_idx=si)
         total, count = total + nll.sum().item(), count + int(mask.sum())
     model.train(was_training)
     return total / count
@@ -348,7 +352,8 @@ class TorchBackend(Backend):
         self.opt.step(); self.opt.zero_grad(set_to_none=True)
         return StepResult(loss_sum, gnorm, None, tokens, ids.shape[1])
 
-    def evaluate(self, data, args): return evaluate(self.model, data, args.micro_batch, args.eval_batches, self.amp)
+    def evaluate(self, data, args):
+        return evaluate(self.model, data, args.micro_batch, args.eval_batches, self.amp, document_eos(args, data, self.config))
     def save(self, ck_dir, st, tokenizer, keep_last):
         return save_checkpoint(ck_dir, st['step'], self.model, self.opt, {k: v for k, v in st.items() if k != 'step'},
                                tokenizer, keep_last=keep_last)

@@ -118,7 +118,7 @@ TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_ma
                    'vocab.json', 'merges.txt', 'chat_template.jinja', 'chat_template.json')
 
 def _convert_args(p: argparse.ArgumentParser):
-    p.add_argument('src', help='checkpoint directory: transformers (Bamba, dense Granite-4.0 hybrid), mamba_ssm (config.json + pytorch_model.bin) or hybridslm')
+    p.add_argument('src', help='checkpoint directory: transformers (Bamba, dense Granite-4.0 hybrid, dense Nemotron-H), mamba_ssm (config.json + pytorch_model.bin) or hybridslm')
     p.add_argument('dst', help='output directory (new or empty)')
     p.add_argument('--to', default='hybridslm', choices=CONVERT_TARGETS, help='output format (default: hybridslm)')
 

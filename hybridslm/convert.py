@@ -246,6 +246,12 @@ def config_from_mamba_ssm(cfg: dict) -> HybridConfig:
     A = 'mamba_ssm'
     c = _with_defaults(dict(cfg), _MS_TOP, 'config')
     s = _with_defaults(dict(c['ssm_cfg'] or {}), _MS_SSM, 'ssm_cfg')
+    def whole(where, v, lo=1):                       # a JSON number that must be an integer >= lo
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= lo): _refuse(A, where, v, f"must be an integer >= {lo}")
+    for f, lo in (('d_model', 1), ('n_layer', 1), ('vocab_size', 1), ('d_intermediate', 0), ('pad_vocab_size_multiple', 1)): whole(f'config.{f}', c[f], lo)
+    for f in ('d_state', 'd_conv', 'expand', 'headdim', 'ngroups', 'chunk_size'): whole(f'ssm_cfg.{f}', s[f])
+    if not isinstance(c['attn_layer_idx'] or [], (list, tuple)): _refuse(A, 'config.attn_layer_idx', c['attn_layer_idx'], "must be a list of layer indices")
+    for i in c['attn_layer_idx'] or []: whole('config.attn_layer_idx', i, 0)
     n, d, attn_idx = c['n_layer'], c['d_model'], list(c['attn_layer_idx'] or [])
     if not c['rms_norm']: _refuse(A, 'rms_norm', False, "our norms are RMSNorm, not LayerNorm")
     no_mlp = not c['d_intermediate']                 # d_intermediate=0 (state-spaces' mamba2attn models): blocks are the mixer alone
@@ -515,7 +521,9 @@ def from_pretrained_hybrid(src) -> HybridForCausalLM:
         return IMPORTERS[mt][2](src)
     path = Path(src)
     if not (path / 'config.json').is_file(): raise FileNotFoundError(f"{path}: not a checkpoint directory (no config.json)")
-    cfg = json.loads((path / 'config.json').read_text())
+    try: cfg = json.loads((path / 'config.json').read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ConversionError(f"{path}/config.json is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict): raise ConversionError(f"{path}/config.json must hold a JSON object, found a {type(cfg).__name__}")
     mt = cfg.get('model_type')
     if mt == HybridConfig.model_type: return HybridForCausalLM.from_pretrained(path)
     if mt is None and 'd_model' in cfg and 'n_layer' in cfg:                # mamba_ssm's MambaConfig has no model_type
@@ -526,4 +534,6 @@ def from_pretrained_hybrid(src) -> HybridForCausalLM:
     name, check, convert = IMPORTERS[mt]
     cls = getattr(transformers, name)
     check(cls.config_class.from_pretrained(path))                         # refuse before reading the weights
-    return convert(cls.from_pretrained(path))
+    try: src_model = cls.from_pretrained(path)
+    except OSError as e: raise FileNotFoundError(f"{path}: {name} could not read its weights: {str(e).splitlines()[0]}") from None
+    return convert(src_model)

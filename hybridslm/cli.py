@@ -128,11 +128,17 @@ def _convert(args) -> int:
     if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
         raise ValueError(f"{args.dst} exists and is not an empty directory: refusing to overwrite it")
     model = from_pretrained_hybrid(args.src)
-    if args.to == 'hybridslm': model.save_pretrained(dst)
-    else: to_pretrained_hybrid(model, args.to, dst)
     import shutil
+    # written next to dst and renamed into place at the end: a run killed half-way leaves no folder that looks complete
+    # (only `<dst>.partial`, which the next run removes)
+    part = dst.rstrip(os.sep) + '.partial'
+    if os.path.isdir(part): shutil.rmtree(part)
+    if args.to == 'hybridslm': model.save_pretrained(part)
+    else: to_pretrained_hybrid(model, args.to, part)
     copied = [f for f in TOKENIZER_FILES if os.path.isdir(args.src) and os.path.isfile(os.path.join(args.src, f))]
-    for f in copied: shutil.copyfile(os.path.join(args.src, f), os.path.join(dst, f))
+    for f in copied: shutil.copyfile(os.path.join(args.src, f), os.path.join(part, f))
+    if os.path.isdir(dst): os.rmdir(dst)                       # empty (checked above)
+    os.replace(part, dst)
     print(f"{args.src} -> {args.dst} ({args.to}: {model.config.layer_pattern}, {model.num_parameters():,} parameters"
           f"{', tokenizer copied' if copied else ', no tokenizer files in the source'})")
     return 0

@@ -4,11 +4,12 @@
 
 # %% ../../nbs/11_data.filters.ipynb #19e7f836
 from __future__ import annotations
-import ipaddress, json, math, re, zlib
+import ipaddress, itertools, json, math, re, zlib
 from collections import Counter
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np
+
 
 # %% auto #0
 __all__ = ['STOP_WORDS', 'BULLETS', 'QUALITY_RULES', 'BOILERPLATE_RX', 'URL_RX', 'EMAIL_RX', 'ASSET_EXTS', 'CARD_RX',
@@ -56,28 +57,48 @@ def language_filter(batch: dict, lang: str = 'en', threshold: float = 0.9) -> li
 STOP_WORDS = frozenset('the be to of and that have with'.split())
 BULLETS = ('•', '-', '*', '·', '‣', '–', '◦', '▪')
 
-def _dup_ngram_char_frac(words, n):
-    "Fraction of characters inside n-grams that occur more than once (Gopher 'duplicate n-gram')."
-    if len(words) < n: return 0.
-    grams = [' '.join(words[i:i + n]) for i in range(len(words) - n + 1)]
-    c = Counter(grams)
-    dup = np.zeros(len(words), bool)
-    for i, g in enumerate(grams):
-        if c[g] > 1: dup[i:i + n] = True
-    lens = np.fromiter((len(w) for w in words), int, len(words))
-    return float(lens[dup].sum() / max(1, lens.sum()))
+def _gram_ids(a: np.ndarray, b: np.ndarray):
+    "Ids (ranks) of the pairs (a[i], b[i]) of non-negative ints: equal pairs get equal ids. Also each id's first index and count."
+    key = a.astype(np.int64) * (int(b.max()) + 1) + b
+    u, first, inv, cnt = np.unique(key, return_index=True, return_inverse=True, return_counts=True)
+    return inv.reshape(-1), first, cnt
 
-def _top_ngram_char_frac(words, n):
-    "Characters covered by the most frequent n-gram, over all characters (Gopher 'top n-gram')."
-    if len(words) < n: return 0.
-    g, cnt = Counter(' '.join(words[i:i + n]) for i in range(len(words) - n + 1)).most_common(1)[0]
-    return len(g.replace(' ', '')) * cnt / max(1, sum(map(len, words)))
+def _ngram_stats(lw: list) -> dict:
+    """The Gopher repetition features of the word list `lw`, with each n-gram an integer id (n-grams of word ids
+    combined pairwise) instead of the joined string: the same equalities, so the same counts, without building the
+    strings. Returns top_2gram..top_4gram, dup_5gram, dup_10gram."""
+    m = len(lw)
+    out = dict(top_2gram=0., top_3gram=0., top_4gram=0., dup_5gram=0., dup_10gram=0.)
+    if m < 2: return out
+    vocab = {}
+    ids = np.fromiter(map(vocab.setdefault, lw, itertools.count()), np.int64, m)   # a word's id: where it first occurs
+    lens = np.fromiter(map(len, lw), np.int64, m)
+    total = int(lens.sum())
+    cs = np.concatenate([[0], np.cumsum(lens)])
+    g = {1: (ids, None, None)}
+    g[2] = _gram_ids(ids[:-1], ids[1:])
+    if m >= 3: g[3] = _gram_ids(g[2][0][:-1], ids[2:])
+    if m >= 4: g[4] = _gram_ids(g[2][0][:-2], g[2][0][2:])
+    if m >= 5: g[5] = _gram_ids(g[4][0][:-1], ids[4:])
+    if m >= 10: g[10] = _gram_ids(g[5][0][:-5], g[5][0][5:])
+    for n in (2, 3, 4):                       # Counter.most_common(1): the largest count, first seen among equals
+        if n not in g: continue
+        inv, first, cnt = g[n]
+        top = cnt.max(); i = int(first[cnt == top].min())
+        out[f'top_{n}gram'] = int(cs[i + n] - cs[i]) * int(top) / max(1, total)
+    for n in (5, 10):                         # characters of words inside an n-gram that occurs more than once
+        if n not in g: continue
+        inv, first, cnt = g[n]
+        starts = np.nonzero(cnt[inv] > 1)[0]
+        cover = np.cumsum(np.bincount(starts, minlength=m + 1)[:m + 1] - np.bincount(starts + n, minlength=m + n + 1)[:m + 1])[:m] > 0
+        out[f'dup_{n}gram'] = float(lens[cover].sum() / max(1, lens.sum()))
+    return out
 
 def quality_features(text: str) -> dict:
     "Gopher/C4 document statistics."
     words = text.split()
     nw = max(1, len(words))
-    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    lines = [l for l in map(str.strip, text.splitlines()) if l]
     nl = max(1, len(lines))
     lc = Counter(lines)
     lw = [w.lower().strip('.,;:!?"\'()') for w in words]
@@ -87,13 +108,12 @@ def quality_features(text: str) -> dict:
         symbol_ratio=(text.count('#') + text.count('...') + text.count('…')) / nw,
         bullet_lines=sum(l.startswith(BULLETS) for l in lines) / nl,
         ellipsis_lines=sum(l.endswith(('...', '…')) for l in lines) / nl,
-        alpha_words=sum(any(ch.isalpha() for ch in w) for w in words) / nw,
-        stop_words=sum(w in STOP_WORDS for w in lw),
+        alpha_words=sum(1 for w in words if w.isalpha() or any(map(str.isalpha, w))) / nw,
+        stop_words=sum(map(STOP_WORDS.__contains__, lw)),
         dup_lines=sum(c - 1 for c in lc.values()) / nl,
         dup_line_chars=sum(len(l) * (c - 1) for l, c in lc.items()) / max(1, sum(map(len, lines))),
         terminal_punct_lines=sum(l.endswith(('.', '!', '?', '"', '”')) for l in lines) / nl,
-        top_2gram=_top_ngram_char_frac(lw, 2), top_3gram=_top_ngram_char_frac(lw, 3), top_4gram=_top_ngram_char_frac(lw, 4),
-        dup_5gram=_dup_ngram_char_frac(lw, 5), dup_10gram=_dup_ngram_char_frac(lw, 10))
+        **_ngram_stats(lw))
 
 # (feature, kind, threshold): 'min' means feature >= threshold passes, 'max' means feature <= threshold passes
 QUALITY_RULES = [
@@ -115,6 +135,7 @@ def quality_score(feats: dict) -> float:
 def add_quality(batch: dict) -> dict:
     "Map function: adds a `quality` score column."
     return {'quality': [quality_score(quality_features(t)) for t in batch['text']]}
+
 
 # %% ../../nbs/11_data.filters.ipynb #f283c786
 def quality_keep(scores, keys, drop_frac: float = 0.3) -> np.ndarray:
@@ -162,7 +183,11 @@ def _bad_index(langs):
 def count_profanity(text: str, langs=('en',)) -> int:
     "Number of listed words/phrases in `text` (whole tokens only, case-insensitive; a listed word's plural in -s counts too)."
     idx, toks, hits = _bad_index(langs), _TOK_RX.findall(text.lower()), 0
+    # only tokens that start a listed phrase or are a listed word's plural can count: find those once per distinct token
+    cand = {t for t in set(toks) if t in idx or (t.endswith('s') and len(t) > 3 and (t[:-1],) in idx.get(t[:-1], ()))}
+    if not cand: return 0
     for i, t in enumerate(toks):
+        if t not in cand: continue
         cands = idx.get(t)
         if cands: hits += any(tuple(toks[i:i + len(c)]) == c for c in cands)
         elif t.endswith('s') and len(t) > 3 and (t[:-1],) in idx.get(t[:-1], ()): hits += 1
@@ -181,6 +206,7 @@ def profanity_filter(batch: dict, max_ratio: float = 0.025, min_hits: int = 2, l
     "Keep documents unless `is_profane`."
     return [not is_profane(t, max_ratio, min_hits, langs) for t in batch['text']]
 
+
 # %% ../../nbs/11_data.filters.ipynb #f9719b37
 BOILERPLATE_RX = re.compile(
     r'javascript|cookies?\b.*\b(use|policy|accept|consent)|(accept|use of) cookies|all rights reserved|terms of (use|service)'
@@ -188,8 +214,16 @@ BOILERPLATE_RX = re.compile(
     r'|powered by (wordpress|blogger)|skip to (main )?content|share on (facebook|twitter)', re.IGNORECASE)
 URL_RX = re.compile(r'https?://\S+|www\.\S+')
 
+# Every alternative of BOILERPLATE_RX contains one of these in lower case. Case-insensitive `re` also matches 'ı', 'İ',
+# 'ſ' and the Kelvin sign to i, s and k, which `str.lower` does not give: a page holding one takes the line-by-line path.
+_BOILER_CUES = ('javascript', 'cookie', 'all rights reserved', 'terms of ', 'privacy policy', 'click here', 'newsletter',
+                'in to ', 'powered by ', 'skip to ', 'share on ')
+_CASE_ODD_RX = re.compile('[\u0130\u0131\u017f\u212a]')
+
 def remove_boilerplate(text: str) -> str:
     "Drop lines that are site boilerplate (C4 line rules)."
+    low = text.lower()
+    if not any(c in low for c in _BOILER_CUES) and not _CASE_ODD_RX.search(text): return text   # no line can match
     return '\n'.join(l for l in text.split('\n') if not BOILERPLATE_RX.search(l))
 
 def spam_reason(text: str, max_url_frac: float = 0.2, max_top_word_frac: float = 0.1):
@@ -205,6 +239,7 @@ def spam_reason(text: str, max_url_frac: float = 0.2, max_top_word_frac: float =
 
 def boilerplate_map(batch: dict) -> dict: return {'text': [remove_boilerplate(t) for t in batch['text']]}
 def spam_filter(batch: dict) -> list: return [spam_reason(t) is None for t in batch['text']]
+
 
 # %% ../../nbs/11_data.filters.ipynb #794735eb
 EMAIL_RX = re.compile(r'(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}\b')
@@ -311,6 +346,7 @@ def _phone_ok(m) -> bool:
     if s[0] == '0': return 9 <= len(d) <= 11
     return 10 <= len(d) <= 11
 
+_DIGIT_RX = re.compile(r'\d')
 PII_TYPES = ('EMAIL', 'IBAN', 'CREDIT_CARD', 'SSN', 'IP', 'PHONE')
 
 def redact_pii(text: str) -> tuple:
@@ -323,21 +359,28 @@ def redact_pii(text: str) -> tuple:
             counts[tag] += 1
             return m.group(0)[:m.start(group) - m.start()] + f'<{tag}>' + m.group(0)[m.end(group) - m.start():]
         text = rx.sub(f, text)
-    sub(EMAIL_RX, 'EMAIL', lambda m: _email_ok(m.group(0)))
-    spans = list(_iban_spans(text))
-    for a, b in reversed(spans): text = text[:a] + '<IBAN>' + text[b:]
-    if spans: counts['IBAN'] += len(spans)
-    sub(CARD_RX, 'CREDIT_CARD', lambda m: card_ok(m.group(0)))
-    sub(SSN_RX, 'SSN'); sub(SSN_CUE_RX, 'SSN', group=1)
-    sub(IPV6_RX, 'IP', lambda m: _ipv6_ok(m.group(0)))
-    sub(IP_RX, 'IP', lambda m: _ipv4_ok(m.string, m))
-    sub(PHONE_RX, 'PHONE', _phone_ok)
+    # A detector that cannot match is skipped: e-mails need an '@'; IPv6 addresses '::' or seven ':'; IBANs, cards,
+    # SSNs, IPv4 addresses and phone numbers a digit (redaction only removes characters, so a page without digits
+    # stays without them).
+    if '@' in text: sub(EMAIL_RX, 'EMAIL', lambda m: _email_ok(m.group(0)))
+    digits = _DIGIT_RX.search(text) is not None
+    if digits:
+        spans = list(_iban_spans(text))
+        for a, b in reversed(spans): text = text[:a] + '<IBAN>' + text[b:]
+        if spans: counts['IBAN'] += len(spans)
+        sub(CARD_RX, 'CREDIT_CARD', lambda m: card_ok(m.group(0)))
+        sub(SSN_RX, 'SSN'); sub(SSN_CUE_RX, 'SSN', group=1)
+    if '::' in text or text.count(':') >= 7: sub(IPV6_RX, 'IP', lambda m: _ipv6_ok(m.group(0)))
+    if digits:
+        sub(IP_RX, 'IP', lambda m: _ipv4_ok(m.string, m))
+        sub(PHONE_RX, 'PHONE', _phone_ok)
     return text, dict(counts)
 
 def redact_pii_batch(batch: dict) -> dict:
     "Map function: redacts `text`, adds `pii` counts (JSON string)."
     res = [redact_pii(t) for t in batch['text']]
     return {'text': [r[0] for r in res], 'pii': [json.dumps(r[1], sort_keys=True) for r in res]}
+
 
 # %% ../../nbs/11_data.filters.ipynb #780a98b5
 ALL_FILTERS = ('boilerplate', 'length', 'spam', 'lang', 'profanity', 'pii', 'quality')

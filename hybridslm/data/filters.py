@@ -57,11 +57,14 @@ def language_filter(batch: dict, lang: str = 'en', threshold: float = 0.9) -> li
 STOP_WORDS = frozenset('the be to of and that have with'.split())
 BULLETS = ('•', '-', '*', '·', '‣', '–', '◦', '▪')
 
-def _gram_ids(a: np.ndarray, b: np.ndarray):
-    "Ids (ranks) of the pairs (a[i], b[i]) of non-negative ints: equal pairs get equal ids. Also each id's first index and count."
+def _gram_ids(a: np.ndarray, b: np.ndarray, first: bool = True):
+    "Ids (ranks) of the pairs (a[i], b[i]) of non-negative ints: equal pairs get equal ids. Also each id's first index (if `first`) and count."
     key = a.astype(np.int64) * (int(b.max()) + 1) + b
-    u, first, inv, cnt = np.unique(key, return_index=True, return_inverse=True, return_counts=True)
-    return inv.reshape(-1), first, cnt
+    if not first:
+        u, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
+        return inv.reshape(-1), None, cnt
+    u, fi, inv, cnt = np.unique(key, return_index=True, return_inverse=True, return_counts=True)
+    return inv.reshape(-1), fi, cnt
 
 def _ngram_stats(lw: list) -> dict:
     """The Gopher repetition features of the word list `lw`, with each n-gram an integer id (n-grams of word ids
@@ -79,8 +82,8 @@ def _ngram_stats(lw: list) -> dict:
     g[2] = _gram_ids(ids[:-1], ids[1:])
     if m >= 3: g[3] = _gram_ids(g[2][0][:-1], ids[2:])
     if m >= 4: g[4] = _gram_ids(g[2][0][:-2], g[2][0][2:])
-    if m >= 5: g[5] = _gram_ids(g[4][0][:-1], ids[4:])
-    if m >= 10: g[10] = _gram_ids(g[5][0][:-5], g[5][0][5:])
+    if m >= 5: g[5] = _gram_ids(g[4][0][:-1], ids[4:], first=False)
+    if m >= 10: g[10] = _gram_ids(g[5][0][:-5], g[5][0][5:], first=False)
     for n in (2, 3, 4):                       # Counter.most_common(1): the largest count, first seen among equals
         if n not in g: continue
         inv, first, cnt = g[n]
@@ -101,14 +104,15 @@ def quality_features(text: str) -> dict:
     lines = [l for l in map(str.strip, text.splitlines()) if l]
     nl = max(1, len(lines))
     lc = Counter(lines)
-    lw = [w.lower().strip('.,;:!?"\'()') for w in words]
+    lw = [w.strip('.,;:!?"\'()') for w in text.lower().split()]   # = each word lowered: lowering makes or removes no whitespace
+    alpha = {w for w in set(words) if w.isalpha() or any(map(str.isalpha, w))}   # words with a letter, judged once per distinct word
     return dict(
         n_words=len(words),
         mean_word_len=sum(map(len, words)) / nw,
         symbol_ratio=(text.count('#') + text.count('...') + text.count('…')) / nw,
         bullet_lines=sum(l.startswith(BULLETS) for l in lines) / nl,
         ellipsis_lines=sum(l.endswith(('...', '…')) for l in lines) / nl,
-        alpha_words=sum(1 for w in words if w.isalpha() or any(map(str.isalpha, w))) / nw,
+        alpha_words=sum(map(alpha.__contains__, words)) / nw,
         stop_words=sum(map(STOP_WORDS.__contains__, lw)),
         dup_lines=sum(c - 1 for c in lc.values()) / nl,
         dup_line_chars=sum(len(l) * (c - 1) for l, c in lc.items()) / max(1, sum(map(len, lines))),

@@ -550,7 +550,8 @@ def curation_throughput(texts, tokenizer=None, rounds: int = 7, seq_len: int = 1
     """Tokens per second of one process on `texts`: our filter chain, MinHash signatures and tokenize + pack, each next
     to its datatrove or `tokenizers` counterpart. Contenders of a group run in turn, `rounds` times (interleaved, so
     load on a shared machine hits all alike); reported are the median seconds and the median per-round ratio to the
-    first contender of the group. Tokens: `tokenizer`'s token count of each text (default: the embedded BPE)."""
+    first contender of the group, by wall time and by this process's CPU time (which other processes' load disturbs
+    less). Tokens: `tokenizer`'s token count of each text (default: the embedded BPE)."""
     import importlib.metadata, platform, tempfile
     from hybridslm.data.filters import apply_filters
     from hybridslm.data.pack import pack_texts, tokenize
@@ -580,13 +581,16 @@ def curation_throughput(texts, tokenizer=None, rounds: int = 7, seq_len: int = 1
     res = {}
     for g, fns in groups.items():
         for f in fns.values(): f()                                   # warm up: models, automata, caches
-        secs = {k: [] for k in fns}
+        secs, cpus = {k: [] for k in fns}, {k: [] for k in fns}
         for _ in range(rounds):
             for k, f in fns.items():
-                t0 = time.perf_counter(); f(); secs[k].append(time.perf_counter() - t0)
+                t0, c0 = time.perf_counter(), time.process_time(); f()
+                secs[k].append(time.perf_counter() - t0); cpus[k].append(time.process_time() - c0)
         ref = next(iter(fns))
-        res[g] = {k: dict(seconds=float(np.median(v)), tok_per_s=ntok / float(np.median(v)),
-                          speed_vs_first=float(np.median(np.array(secs[ref]) / np.array(v)))) for k, v in secs.items()}
+        med = lambda x: float(np.median(x))
+        res[g] = {k: dict(seconds=med(secs[k]), tok_per_s=ntok / med(secs[k]), speed_vs_first=med(np.array(secs[ref]) / np.array(secs[k])),
+                          cpu_seconds=med(cpus[k]), tok_per_cpu_s=ntok / med(cpus[k]), speed_vs_first_cpu=med(np.array(cpus[ref]) / np.array(cpus[k])))
+                  for k in fns}
     cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), platform.processor()) if Path('/proc/cpuinfo').exists() else platform.processor()
     return dict(groups=res, tokens=ntok, docs=len(texts), rounds=rounds, token_definition=f'token count of each text by the {"embedded BPE (hybridslm/assets/tokenizer)" if tokenizer is None else "given tokenizer"}, {len(tok):,} ids, no special tokens',
                 loadavg_before=list(load0), loadavg_after=list(os.getloadavg()), cpu=cpu, cpus=os.cpu_count(), python=platform.python_version(),

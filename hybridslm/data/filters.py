@@ -122,8 +122,9 @@ def _ngram_stats(lw: list) -> dict:
     g[2] = _gram_ids(ids[:-1], ids[1:])
     if m >= 3: g[3] = _gram_ids(g[2][0][:-1], ids[2:])
     if m >= 4: g[4] = _gram_ids(g[2][0][:-2], g[2][0][2:])
-    if m >= 5: g[5] = _gram_ids(g[4][0][:-1], ids[4:], first=False)
-    if m >= 10: g[10] = _gram_ids(g[5][0][:-5], g[5][0][5:], first=False)
+    # a repeated 5-gram starts with a repeated 4-gram, a repeated 10-gram with a repeated 5-gram: without those, 0.
+    if m >= 5 and g[4][2].max() > 1: g[5] = _gram_ids(g[4][0][:-1], ids[4:], first=False)
+    if m >= 10 and 5 in g and g[5][2].max() > 1: g[10] = _gram_ids(g[5][0][:-5], g[5][0][5:], first=False)
     for n in (2, 3, 4):                       # Counter.most_common(1): the largest count, first seen among equals
         if n not in g: continue
         inv, first, cnt = g[n]

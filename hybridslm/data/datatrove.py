@@ -550,7 +550,7 @@ def curation_throughput(texts, tokenizer=None, rounds: int = 7, seq_len: int = 1
     """Tokens per second of one process on `texts`: our filter chain, MinHash signatures and tokenize + pack, each next
     to its datatrove or `tokenizers` counterpart. Contenders of a group run in turn, `rounds` times (interleaved, so
     load on a shared machine hits all alike); reported are the median seconds and the median per-round ratio to the
-    first contender of the group, by wall time and by this process's CPU time (which other processes' load disturbs
+    first contender of the group (the order alternates between rounds), by wall time and by this process's CPU time (which other processes' load disturbs
     less). Tokens: `tokenizer`'s token count of each text (default: the embedded BPE)."""
     import importlib.metadata, platform, tempfile
     from hybridslm.data.filters import apply_filters
@@ -582,8 +582,9 @@ def curation_throughput(texts, tokenizer=None, rounds: int = 7, seq_len: int = 1
     for g, fns in groups.items():
         for f in fns.values(): f()                                   # warm up: models, automata, caches
         secs, cpus = {k: [] for k in fns}, {k: [] for k in fns}
-        for _ in range(rounds):
-            for k, f in fns.items():
+        for r in range(rounds):
+            for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):   # alternate the order: no contender always runs first
+                f = fns[k]
                 t0, c0 = time.perf_counter(), time.process_time(); f()
                 secs[k].append(time.perf_counter() - t0); cpus[k].append(time.process_time() - c0)
         ref = next(iter(fns))

@@ -46,7 +46,7 @@ def _tok_batch(texts):
     `transformers` call would use (no truncation, no padding): the same ids without building a `BatchEncoding`."""
     T = _TOK._tokenizer
     if T.truncation is None and T.padding is None:
-        enc = getattr(T, 'encode_batch_fast', T.encode_batch)(list(texts), add_special_tokens=False)
+        enc = T.encode_batch(list(texts), add_special_tokens=False)
         return [np.array(e.ids, np.uint32) for e in enc]
     return [np.asarray(ids, np.uint32) for ids in _TOK(texts, add_special_tokens=False)['input_ids']]
 

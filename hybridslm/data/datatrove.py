@@ -36,7 +36,7 @@ __all__ = ['EXACT_CONFIG', 'STAGES', 'EXECUTORS', 'plan_order', 'MixtureReader',
            'QualityAnnotator', 'exact_content', 'first_task_first', 'minhash_config', 'NormalizedWords',
            'HybridMinhashSignature', 'VerifiedMinhashCluster', 'QualitySelect', 'QualityCutFilter', 'TokenShardWriter',
            'MixturePacker', 'datatrove_stages', 'datatrove_pipeline', 'run_datatrove', 'dropped_reasons', 'kept_keys',
-           'datatrove_report', 'inhouse_view']
+           'datatrove_report', 'inhouse_view', 'WhitespaceWords', 'curation_throughput']
 
 # %% ../../nbs/15_data.datatrove.ipynb #c8f1790d
 def _units(mixture: Mixture) -> list:
@@ -522,3 +522,78 @@ def inhouse_view(cfg: CurateConfig, dest=None) -> Path:
     _atomic_json(dest / 'selection.json', dict(dropped=dropped, quality_thresholds=sel['quality_thresholds']))
     _atomic_json(dest / 'plan.json', plan)
     return dest
+
+# %% ../../nbs/15_data.datatrove.ipynb #063366c2
+_SENT_END_RX = re.compile(r'(?<=[.!?])\s+')
+class WhitespaceWords(WordTokenizer):
+    """`str.split` words (what `data.filters` counts as words) and sentences split after `.`, `!`, `?`: datatrove's
+    filters and MinHash without spaCy (its English tokenizer), at next to no cost."""
+    def word_tokenize(self, text: str) -> list: return text.split()
+    def sent_tokenize(self, text: str) -> list: return [s for s in _SENT_END_RX.split(text) if s]
+    def span_tokenize(self, text: str) -> list: return [(0, len(text))]
+
+def _datatrove_chain():
+    "datatrove's own filters that need nothing downloaded, in our chain's order; one call runs them on a text."
+    from datatrove.pipeline.filters import C4QualityFilter, GopherRepetitionFilter, GopherQualityFilter
+    from datatrove.pipeline.formatters import PIIFormatter as DTPII
+    ws = WhitespaceWords()
+    fs = [C4QualityFilter(language=ws), GopherRepetitionFilter(language=ws), GopherQualityFilter(language=ws)]
+    pii = DTPII()
+    def run(text):
+        d = Document(text=text, id='0')
+        for f in fs:
+            if f.filter(d) is not True: return None
+        return pii.format(d.text)
+    return run
+
+def curation_throughput(texts, tokenizer=None, rounds: int = 7, seq_len: int = 1024, work_dir=None) -> dict:
+    """Tokens per second of one process on `texts`: our filter chain, MinHash signatures and tokenize + pack, each next
+    to its datatrove or `tokenizers` counterpart. Contenders of a group run in turn, `rounds` times (interleaved, so
+    load on a shared machine hits all alike); reported are the median seconds and the median per-round ratio to the
+    first contender of the group (the order alternates between rounds), by wall time and by this process's CPU time (which other processes' load disturbs
+    less); also the best round of each (`best_seconds`) and the ratio of the bests. Tokens: `tokenizer`'s token count of each text (default: the embedded BPE)."""
+    import importlib.metadata, platform, tempfile
+    from hybridslm.data.filters import apply_filters
+    from hybridslm.data.pack import pack_texts, tokenize
+    from hybridslm.data.tokenizer import load_tokenizer
+    os.environ['TOKENIZERS_PARALLELISM'] = 'false'
+    texts = list(texts)
+    if not texts or rounds < 1: raise ValueError(f"curation_throughput: need texts and rounds >= 1, got {len(texts)} texts, rounds={rounds}")
+    tok = packing_tokenizer(tokenizer if tokenizer is not None else load_tokenizer())
+    T = tok._tokenizer
+    ntok = sum(len(e.ids) for e in T.encode_batch(texts, add_special_tokens=False))
+    work = Path(work_dir or tempfile.mkdtemp())
+    no_lang = tuple(f for f in ALL_FILTERS if f != 'lang')
+    dt_chain = _datatrove_chain()
+    ws = WhitespaceWords()
+    dt_mh = MinhashDedupSignature(str(work / 'dt_sigs'), minhash_config(), language=ws)
+    batches = [texts[i:i + 64] for i in range(0, len(texts), 64)]
+    groups = {
+        'filters': {'ours: filter chain': lambda: [apply_filters(t) for t in texts],
+                    'ours: filter chain without language ID': lambda: [apply_filters(t, which=no_lang) for t in texts],
+                    'datatrove: C4Quality + GopherRepetition + GopherQuality + PIIFormatter': lambda: [dt_chain(t) for t in texts]},
+        'minhash': {'ours: dedup.minhash': lambda: [minhash(t) for t in texts],
+                    'datatrove: MinhashDedupSignature get_shingles + get_signature': lambda: [dt_mh.get_signature(dt_mh.get_shingles(t)) for t in texts]},
+        'tokenize': {'tokenizers: Tokenizer.encode_batch (1 thread)': lambda: [T.encode_batch(b, add_special_tokens=False) for b in batches],
+                     'ours: pack.tokenize': lambda: tokenize(texts, tok, 1, 64),
+                     'ours: tokenize + pack (pack_texts, shards written)': lambda: pack_texts(texts, tok, seq_len, work / 'packed', overwrite=True)}}
+    load0 = os.getloadavg()
+    res = {}
+    for g, fns in groups.items():
+        for f in fns.values(): f()                                   # warm up: models, automata, caches
+        secs, cpus = {k: [] for k in fns}, {k: [] for k in fns}
+        for r in range(rounds):
+            for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):   # alternate the order: no contender always runs first
+                f = fns[k]
+                t0, c0 = time.perf_counter(), time.process_time(); f()
+                secs[k].append(time.perf_counter() - t0); cpus[k].append(time.process_time() - c0)
+        ref = next(iter(fns))
+        med = lambda x: float(np.median(x))
+        res[g] = {k: dict(seconds=med(secs[k]), tok_per_s=ntok / med(secs[k]), speed_vs_first=med(np.array(secs[ref]) / np.array(secs[k])),
+                          cpu_seconds=med(cpus[k]), tok_per_cpu_s=ntok / med(cpus[k]), speed_vs_first_cpu=med(np.array(cpus[ref]) / np.array(cpus[k])),
+                          best_seconds=min(secs[k]), speed_vs_first_best=min(secs[ref]) / min(secs[k]))
+                  for k in fns}
+    cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), platform.processor()) if Path('/proc/cpuinfo').exists() else platform.processor()
+    return dict(groups=res, tokens=ntok, docs=len(texts), rounds=rounds, token_definition=f'token count of each text by the {"embedded BPE (hybridslm/assets/tokenizer)" if tokenizer is None else "given tokenizer"}, {len(tok):,} ids, no special tokens',
+                loadavg_before=list(load0), loadavg_after=list(os.getloadavg()), cpu=cpu, cpus=os.cpu_count(), python=platform.python_version(),
+                versions={p: importlib.metadata.version(p) for p in ('datatrove', 'datasketch', 'tokenizers', 'py3langid', 'numpy')})

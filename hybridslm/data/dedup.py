@@ -16,24 +16,26 @@ __all__ = ['SCHEME', 'DEDUP_PRESETS', 'normalize', 'exact_hash', 'shingle_hashes
 # %% ../../nbs/12_data.dedup.ipynb #f6f18b21
 _PUNCT_RX = re.compile(r'[^\w\s]')
 
+def _norm_words(text: str) -> list:
+    return _PUNCT_RX.sub(' ', unicodedata.normalize('NFKC', text).lower()).split()
+
 def normalize(text: str) -> str:
     "NFKC, lower case, punctuation removed, whitespace collapsed: what 'the same text' means for dedup."
-    return ' '.join(_PUNCT_RX.sub(' ', unicodedata.normalize('NFKC', text).lower()).split())
+    return ' '.join(_norm_words(text))
 
 def exact_hash(text: str) -> str:
     "sha1 of the normalised text."
     return hashlib.sha1(normalize(text).encode('utf-8')).hexdigest()
+
 
 # %% ../../nbs/12_data.dedup.ipynb #2727cea4
 _P = np.uint64(0x100000001B3)
 
 def shingle_hashes(text: str, n: int = 5) -> np.ndarray:
     "Sorted unique 32-bit hashes of the word n-grams of the normalised text (one shingle if it has < n words)."
-    words = normalize(text).split()
+    words = _norm_words(text)
     if not words: return np.zeros(0, np.uint64)
-    vocab = {}
-    ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in words), np.int64, len(words))
-    wh = np.fromiter((zlib.crc32(w.encode()) for w in vocab), np.uint64, len(vocab))[ids]
+    wh = np.fromiter(map(zlib.crc32, map(str.encode, words)), np.uint64, len(words))   # crc32 of each word
     m = max(1, len(words) - n + 1)
     h = np.zeros(m, np.uint64)
     with np.errstate(over='ignore'):
@@ -42,13 +44,30 @@ def shingle_hashes(text: str, n: int = 5) -> np.ndarray:
 
 def _identity(x): return x
 SCHEME = 'affine32'   # datasketch 2.0 default: 32-bit inputs, uint32 signatures
+_PERMS = {}
 
-def minhash(text: str, num_perm: int = 128, ngram: int = 5, seed: int = 1, block: int = 16384) -> LeanMinHash:
-    "datasketch MinHash signature of the word `ngram` shingles of `text`."
-    m = MinHash(num_perm=num_perm, seed=seed, hashfunc=_identity, scheme=SCHEME)
-    sh = shingle_hashes(text, ngram)
-    for i in range(0, len(sh), block): m.update_batch(sh[i:i + block])
-    return LeanMinHash(m)
+def _permutations(num_perm: int, seed: int) -> tuple:
+    "datasketch's permutation parameters (a, b) of a `num_perm`, `seed` MinHash (drawn once per process)."
+    if (num_perm, seed) not in _PERMS:
+        a, b = MinHash(num_perm=num_perm, seed=seed, hashfunc=_identity, scheme=SCHEME).permutations
+        _PERMS[num_perm, seed] = (np.asarray(a, np.uint32), np.asarray(b, np.uint32))
+    return _PERMS[num_perm, seed]
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    "MurmurHash3's 32-bit finaliser: what datasketch's 'affine32' scheme applies to every input before its permutations."
+    h = h ^ (h >> np.uint32(16)); h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13)); h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+def minhash(text: str, num_perm: int = 128, ngram: int = 5, seed: int = 1, block: int = 2048) -> LeanMinHash:
+    """datasketch MinHash signature of the word `ngram` shingles of `text`: `MinHash.update_batch`'s arithmetic
+    (pre-mix, affine permutations mod 2^32, minimum) on the shingle array at once, instead of its per-value loop."""
+    a, b = _permutations(num_perm, seed)
+    hv = np.full(num_perm, np.uint32(0xFFFFFFFF))
+    sh = _fmix32(shingle_hashes(text, ngram).astype(np.uint32))
+    for i in range(0, len(sh), block): hv = np.minimum(hv, (sh[i:i + block, None] * a + b).min(axis=0))
+    return LeanMinHash(seed=seed, hashvalues=hv, scheme=SCHEME)
+
 
 # %% ../../nbs/12_data.dedup.ipynb #e8f25316
 @dataclass

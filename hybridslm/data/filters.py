@@ -4,11 +4,12 @@
 
 # %% ../../nbs/11_data.filters.ipynb #19e7f836
 from __future__ import annotations
-import ipaddress, json, math, re, zlib
+import ipaddress, itertools, json, math, re, zlib
 from collections import Counter
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np
+
 
 # %% auto #0
 __all__ = ['STOP_WORDS', 'BULLETS', 'QUALITY_RULES', 'BOILERPLATE_RX', 'URL_RX', 'EMAIL_RX', 'ASSET_EXTS', 'CARD_RX',
@@ -29,7 +30,7 @@ def length_reason(text: str, min_chars: int = 100, max_chars: int = 1_000_000):
     return 'too_short' if n < min_chars else 'too_long' if n > max_chars else None
 
 # %% ../../nbs/11_data.filters.ipynb #702c8f17
-_LANGID = None
+_LANGID, _LANG_WALK = None, None
 def _langid():
     global _LANGID
     if _LANGID is None:
@@ -37,10 +38,49 @@ def _langid():
         _LANGID = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
     return _LANGID
 
+def _lang_walk():
+    """py3langid's byte automaton as numpy arrays, plus its depth: the length of the longest string a state stands for
+    (breadth-first from the start state; each new state's depth is one more than its parent's)."""
+    global _LANG_WALK
+    if _LANG_WALK is None:
+        I = _langid()
+        nm, rb = np.asarray(I.tk_nextmove), np.asarray(I.tk_row, np.int64) << 8
+        depth = np.full(len(rb), -1, np.int64); depth[0] = 0
+        front, d = np.array([0]), 0
+        while len(front):
+            seen = np.zeros(len(rb), bool); seen[nm[rb[front][:, None] + np.arange(256)].ravel()] = True
+            front = np.nonzero(seen & (depth < 0))[0]; d += 1; depth[front] = d
+        _LANG_WALK = (nm, rb, int(depth.max()), np.asarray(I.tk_output))
+    return _LANG_WALK
+
+def _lang_scores(I, text: str) -> np.ndarray:
+    """py3langid's `_decide` (normalised probabilities) with its byte automaton walked in numpy. The automaton is an
+    Aho-Corasick one: the state after byte i stands for the longest suffix of the bytes so far that is a state's string,
+    and no state's string is longer than `depth` bytes, so reading bytes i-depth+1..i from the start state reaches the
+    same state. That is `depth` vectorised steps over all positions at once instead of one Python step per byte."""
+    nm, rb, depth, out = _lang_walk()
+    b = np.frombuffer(I._encode(text), np.uint8).astype(np.int64)
+    n = len(b)
+    s = np.zeros(n, np.int64)
+    for k in range(min(depth, n) - 1, -1, -1):                     # byte i-k of every position i >= k
+        s[k:] = nm[rb[s[k:]] + b[:n - k]]
+    f = out[s]; f = f[f >= 0]
+    if len(f):
+        u, first, cnt = np.unique(f, return_index=True, return_counts=True)
+        o = np.argsort(first, kind='stable')                       # py3langid's Counter order: first visit
+        scores = np.log1p(cnt[o].astype(np.float32)) @ I.nb_ptc[u[o].astype(np.intp)] + I.nb_pc
+    else: scores = np.full(len(I.nb_classes), 0.0, dtype=np.float32)
+    scores *= 1.0 / math.sqrt(n or 1)
+    np.exp(scores - scores.max(), out=scores)
+    scores /= scores.sum()
+    for i, j in I._alias_pairs: scores[i] += scores[j]; scores[j] = 0.0
+    return scores
+
 def detect_language(text: str, max_chars: int = 2000) -> tuple:
-    "(iso code, normalised probability) of `text`."
-    lang, p = _langid().classify(text[:max_chars])
-    return lang, float(p)
+    "(iso code, normalised probability) of `text`: py3langid's classification of its first `max_chars` characters."
+    I = _langid()
+    s = _lang_scores(I, text[:max_chars]); i = int(s.argmax())
+    return I.nb_classes[i], float(s[i])
 
 def add_language(batch: dict, max_chars: int = 2000) -> dict:
     "Map function: adds `lang` and `lang_score` columns."
@@ -52,48 +92,73 @@ def language_filter(batch: dict, lang: str = 'en', threshold: float = 0.9) -> li
     if 'lang' not in batch: batch = {**batch, **add_language(batch)}
     return [l == lang and p > threshold for l, p in zip(batch['lang'], batch['lang_score'])]
 
+
 # %% ../../nbs/11_data.filters.ipynb #07864ba9
 STOP_WORDS = frozenset('the be to of and that have with'.split())
 BULLETS = ('•', '-', '*', '·', '‣', '–', '◦', '▪')
 
-def _dup_ngram_char_frac(words, n):
-    "Fraction of characters inside n-grams that occur more than once (Gopher 'duplicate n-gram')."
-    if len(words) < n: return 0.
-    grams = [' '.join(words[i:i + n]) for i in range(len(words) - n + 1)]
-    c = Counter(grams)
-    dup = np.zeros(len(words), bool)
-    for i, g in enumerate(grams):
-        if c[g] > 1: dup[i:i + n] = True
-    lens = np.fromiter((len(w) for w in words), int, len(words))
-    return float(lens[dup].sum() / max(1, lens.sum()))
+def _gram_ids(a: np.ndarray, b: np.ndarray, first: bool = True):
+    "Ids (ranks) of the pairs (a[i], b[i]) of non-negative ints: equal pairs get equal ids. Also each id's first index (if `first`) and count."
+    key = a.astype(np.int64) * (int(b.max()) + 1) + b
+    if not first:
+        u, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
+        return inv.reshape(-1), None, cnt
+    u, fi, inv, cnt = np.unique(key, return_index=True, return_inverse=True, return_counts=True)
+    return inv.reshape(-1), fi, cnt
 
-def _top_ngram_char_frac(words, n):
-    "Characters covered by the most frequent n-gram, over all characters (Gopher 'top n-gram')."
-    if len(words) < n: return 0.
-    g, cnt = Counter(' '.join(words[i:i + n]) for i in range(len(words) - n + 1)).most_common(1)[0]
-    return len(g.replace(' ', '')) * cnt / max(1, sum(map(len, words)))
+def _ngram_stats(lw: list) -> dict:
+    """The Gopher repetition features of the word list `lw`, with each n-gram an integer id (n-grams of word ids
+    combined pairwise) instead of the joined string: the same equalities, so the same counts, without building the
+    strings. Returns top_2gram..top_4gram, dup_5gram, dup_10gram."""
+    m = len(lw)
+    out = dict(top_2gram=0., top_3gram=0., top_4gram=0., dup_5gram=0., dup_10gram=0.)
+    if m < 2: return out
+    vocab = {}
+    ids = np.fromiter(map(vocab.setdefault, lw, itertools.count()), np.int64, m)   # a word's id: where it first occurs
+    lens = np.fromiter(map(len, lw), np.int64, m)
+    total = int(lens.sum())
+    cs = np.concatenate([[0], np.cumsum(lens)])
+    g = {1: (ids, None, None)}
+    g[2] = _gram_ids(ids[:-1], ids[1:])
+    if m >= 3: g[3] = _gram_ids(g[2][0][:-1], ids[2:])
+    if m >= 4: g[4] = _gram_ids(g[2][0][:-2], g[2][0][2:])
+    # a repeated 5-gram starts with a repeated 4-gram, a repeated 10-gram with a repeated 5-gram: without those, 0.
+    if m >= 5 and g[4][2].max() > 1: g[5] = _gram_ids(g[4][0][:-1], ids[4:], first=False)
+    if m >= 10 and 5 in g and g[5][2].max() > 1: g[10] = _gram_ids(g[5][0][:-5], g[5][0][5:], first=False)
+    for n in (2, 3, 4):                       # Counter.most_common(1): the largest count, first seen among equals
+        if n not in g: continue
+        inv, first, cnt = g[n]
+        top = cnt.max(); i = int(first[cnt == top].min())
+        out[f'top_{n}gram'] = int(cs[i + n] - cs[i]) * int(top) / max(1, total)
+    for n in (5, 10):                         # characters of words inside an n-gram that occurs more than once
+        if n not in g: continue
+        inv, first, cnt = g[n]
+        starts = np.nonzero(cnt[inv] > 1)[0]
+        cover = np.cumsum(np.bincount(starts, minlength=m + 1)[:m + 1] - np.bincount(starts + n, minlength=m + n + 1)[:m + 1])[:m] > 0
+        out[f'dup_{n}gram'] = float(lens[cover].sum() / max(1, lens.sum()))
+    return out
 
 def quality_features(text: str) -> dict:
     "Gopher/C4 document statistics."
     words = text.split()
     nw = max(1, len(words))
-    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    lines = [l for l in map(str.strip, text.splitlines()) if l]
     nl = max(1, len(lines))
     lc = Counter(lines)
-    lw = [w.lower().strip('.,;:!?"\'()') for w in words]
+    lw = [w.strip('.,;:!?"\'()') for w in text.lower().split()]   # = each word lowered: lowering makes or removes no whitespace
+    alpha = {w for w in set(words) if w.isalpha() or any(map(str.isalpha, w))}   # words with a letter, judged once per distinct word
     return dict(
         n_words=len(words),
         mean_word_len=sum(map(len, words)) / nw,
         symbol_ratio=(text.count('#') + text.count('...') + text.count('…')) / nw,
         bullet_lines=sum(l.startswith(BULLETS) for l in lines) / nl,
         ellipsis_lines=sum(l.endswith(('...', '…')) for l in lines) / nl,
-        alpha_words=sum(any(ch.isalpha() for ch in w) for w in words) / nw,
-        stop_words=sum(w in STOP_WORDS for w in lw),
+        alpha_words=sum(map(alpha.__contains__, words)) / nw,
+        stop_words=sum(map(STOP_WORDS.__contains__, lw)),
         dup_lines=sum(c - 1 for c in lc.values()) / nl,
         dup_line_chars=sum(len(l) * (c - 1) for l, c in lc.items()) / max(1, sum(map(len, lines))),
         terminal_punct_lines=sum(l.endswith(('.', '!', '?', '"', '”')) for l in lines) / nl,
-        top_2gram=_top_ngram_char_frac(lw, 2), top_3gram=_top_ngram_char_frac(lw, 3), top_4gram=_top_ngram_char_frac(lw, 4),
-        dup_5gram=_dup_ngram_char_frac(lw, 5), dup_10gram=_dup_ngram_char_frac(lw, 10))
+        **_ngram_stats(lw))
 
 # (feature, kind, threshold): 'min' means feature >= threshold passes, 'max' means feature <= threshold passes
 QUALITY_RULES = [
@@ -115,6 +180,7 @@ def quality_score(feats: dict) -> float:
 def add_quality(batch: dict) -> dict:
     "Map function: adds a `quality` score column."
     return {'quality': [quality_score(quality_features(t)) for t in batch['text']]}
+
 
 # %% ../../nbs/11_data.filters.ipynb #f283c786
 def quality_keep(scores, keys, drop_frac: float = 0.3) -> np.ndarray:
@@ -162,7 +228,11 @@ def _bad_index(langs):
 def count_profanity(text: str, langs=('en',)) -> int:
     "Number of listed words/phrases in `text` (whole tokens only, case-insensitive; a listed word's plural in -s counts too)."
     idx, toks, hits = _bad_index(langs), _TOK_RX.findall(text.lower()), 0
+    # only tokens that start a listed phrase or are a listed word's plural can count: find those once per distinct token
+    cand = {t for t in set(toks) if t in idx or (t.endswith('s') and len(t) > 3 and (t[:-1],) in idx.get(t[:-1], ()))}
+    if not cand: return 0
     for i, t in enumerate(toks):
+        if t not in cand: continue
         cands = idx.get(t)
         if cands: hits += any(tuple(toks[i:i + len(c)]) == c for c in cands)
         elif t.endswith('s') and len(t) > 3 and (t[:-1],) in idx.get(t[:-1], ()): hits += 1
@@ -181,6 +251,7 @@ def profanity_filter(batch: dict, max_ratio: float = 0.025, min_hits: int = 2, l
     "Keep documents unless `is_profane`."
     return [not is_profane(t, max_ratio, min_hits, langs) for t in batch['text']]
 
+
 # %% ../../nbs/11_data.filters.ipynb #f9719b37
 BOILERPLATE_RX = re.compile(
     r'javascript|cookies?\b.*\b(use|policy|accept|consent)|(accept|use of) cookies|all rights reserved|terms of (use|service)'
@@ -188,8 +259,16 @@ BOILERPLATE_RX = re.compile(
     r'|powered by (wordpress|blogger)|skip to (main )?content|share on (facebook|twitter)', re.IGNORECASE)
 URL_RX = re.compile(r'https?://\S+|www\.\S+')
 
+# Every alternative of BOILERPLATE_RX contains one of these in lower case. Case-insensitive `re` also matches 'ı', 'İ',
+# 'ſ' and the Kelvin sign to i, s and k, which `str.lower` does not give: a page holding one takes the line-by-line path.
+_BOILER_CUES = ('javascript', 'cookie', 'all rights reserved', 'terms of ', 'privacy policy', 'click here', 'newsletter',
+                'in to ', 'powered by ', 'skip to ', 'share on ')
+_CASE_ODD_RX = re.compile('[\u0130\u0131\u017f\u212a]')
+
 def remove_boilerplate(text: str) -> str:
     "Drop lines that are site boilerplate (C4 line rules)."
+    low = text.lower()
+    if not any(c in low for c in _BOILER_CUES) and not _CASE_ODD_RX.search(text): return text   # no line can match
     return '\n'.join(l for l in text.split('\n') if not BOILERPLATE_RX.search(l))
 
 def spam_reason(text: str, max_url_frac: float = 0.2, max_top_word_frac: float = 0.1):
@@ -205,6 +284,7 @@ def spam_reason(text: str, max_url_frac: float = 0.2, max_top_word_frac: float =
 
 def boilerplate_map(batch: dict) -> dict: return {'text': [remove_boilerplate(t) for t in batch['text']]}
 def spam_filter(batch: dict) -> list: return [spam_reason(t) is None for t in batch['text']]
+
 
 # %% ../../nbs/11_data.filters.ipynb #794735eb
 EMAIL_RX = re.compile(r'(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}\b')
@@ -311,6 +391,7 @@ def _phone_ok(m) -> bool:
     if s[0] == '0': return 9 <= len(d) <= 11
     return 10 <= len(d) <= 11
 
+_DIGIT_RX = re.compile(r'\d')
 PII_TYPES = ('EMAIL', 'IBAN', 'CREDIT_CARD', 'SSN', 'IP', 'PHONE')
 
 def redact_pii(text: str) -> tuple:
@@ -323,21 +404,27 @@ def redact_pii(text: str) -> tuple:
             counts[tag] += 1
             return m.group(0)[:m.start(group) - m.start()] + f'<{tag}>' + m.group(0)[m.end(group) - m.start():]
         text = rx.sub(f, text)
-    sub(EMAIL_RX, 'EMAIL', lambda m: _email_ok(m.group(0)))
-    spans = list(_iban_spans(text))
-    for a, b in reversed(spans): text = text[:a] + '<IBAN>' + text[b:]
-    if spans: counts['IBAN'] += len(spans)
-    sub(CARD_RX, 'CREDIT_CARD', lambda m: card_ok(m.group(0)))
-    sub(SSN_RX, 'SSN'); sub(SSN_CUE_RX, 'SSN', group=1)
-    sub(IPV6_RX, 'IP', lambda m: _ipv6_ok(m.group(0)))
-    sub(IP_RX, 'IP', lambda m: _ipv4_ok(m.string, m))
-    sub(PHONE_RX, 'PHONE', _phone_ok)
+    # A detector that cannot match is skipped: e-mails need an '@', IPv6 addresses '::' or seven ':', and the others a
+    # number of digits (`\d`, any script) in the text: IBAN 2, card 13, SSN 9, IPv4 4, an accepted phone number 8.
+    # Redaction only removes digits, so the count of the original text bounds the count at every later step.
+    if '@' in text: sub(EMAIL_RX, 'EMAIL', lambda m: _email_ok(m.group(0)))
+    nd = sum(map(text.count, '0123456789')) if text.isascii() else len(_DIGIT_RX.findall(text))
+    if nd >= 2:
+        spans = list(_iban_spans(text))
+        for a, b in reversed(spans): text = text[:a] + '<IBAN>' + text[b:]
+        if spans: counts['IBAN'] += len(spans)
+    if nd >= 13: sub(CARD_RX, 'CREDIT_CARD', lambda m: card_ok(m.group(0)))
+    if nd >= 9: sub(SSN_RX, 'SSN'); sub(SSN_CUE_RX, 'SSN', group=1)
+    if '::' in text or text.count(':') >= 7: sub(IPV6_RX, 'IP', lambda m: _ipv6_ok(m.group(0)))
+    if nd >= 4: sub(IP_RX, 'IP', lambda m: _ipv4_ok(m.string, m))
+    if nd >= 8: sub(PHONE_RX, 'PHONE', _phone_ok)
     return text, dict(counts)
 
 def redact_pii_batch(batch: dict) -> dict:
     "Map function: redacts `text`, adds `pii` counts (JSON string)."
     res = [redact_pii(t) for t in batch['text']]
     return {'text': [r[0] for r in res], 'pii': [json.dumps(r[1], sort_keys=True) for r in res]}
+
 
 # %% ../../nbs/11_data.filters.ipynb #780a98b5
 ALL_FILTERS = ('boilerplate', 'length', 'spam', 'lang', 'profanity', 'pii', 'quality')

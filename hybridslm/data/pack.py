@@ -42,6 +42,12 @@ def _init_worker(tokenizer):
     _TOK = tokenizer
 
 def _tok_batch(texts):
+    """Token ids of `texts`, straight from the Rust tokenizer's batch encoder when its settings are the ones the
+    `transformers` call would use (no truncation, no padding): the same ids without building a `BatchEncoding`."""
+    T = _TOK._tokenizer
+    if T.truncation is None and T.padding is None:
+        enc = T.encode_batch(list(texts), add_special_tokens=False)
+        return [np.array(e.ids, np.uint32) for e in enc]
     return [np.asarray(ids, np.uint32) for ids in _TOK(texts, add_special_tokens=False)['input_ids']]
 
 def tokenize(texts, tokenizer, num_proc: int = 1, batch_size: int = 64) -> list:
@@ -53,6 +59,7 @@ def tokenize(texts, tokenizer, num_proc: int = 1, batch_size: int = 64) -> list:
         _init_worker(tokenizer); return [a for b in batches for a in _tok_batch(b)]
     with ProcessPoolExecutor(num_proc, initializer=_init_worker, initargs=(tokenizer,)) as ex:
         return [a for r in ex.map(_tok_batch, batches) for a in r]
+
 
 # %% ../../nbs/13_data.pack.ipynb #f64f87d6
 FORMAT = 'hybridslm.packed.v1'

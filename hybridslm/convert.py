@@ -451,7 +451,7 @@ def config_to_nemotron_h(c: HybridConfig) -> dict:
                 mamba_head_dim=c.headdim, n_groups=c.ngroups, ssm_state_size=c.d_state, conv_kernel=c.d_conv, expand=c.expand,
                 chunk_size=c.chunk_size, use_conv_bias=c.conv_bias, use_bias=c.proj_bias, mamba_hidden_act='silu',
                 layer_norm_epsilon=c.norm_eps, max_position_embeddings=c.max_seq_len, initializer_range=c.initializer_range,
-                time_step_min=c.dt_limit_min, time_step_max=max(c.dt_max, 2 * c.dt_limit_min), time_step_floor=c.dt_init_floor,
+                time_step_min=c.dt_limit_min, time_step_max=c.dt_max, time_step_floor=c.dt_init_floor,
                 pad_token_id=c.pad_token_id, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id)
 
 def state_dict_to_nemotron_h(sd: dict, c: HybridConfig) -> dict:

@@ -562,7 +562,8 @@ def curation_throughput(texts, tokenizer=None, rounds: int = 7, seq_len: int = 1
     tok = packing_tokenizer(tokenizer if tokenizer is not None else load_tokenizer())
     T = tok._tokenizer
     ntok = sum(len(e.ids) for e in T.encode_batch(texts, add_special_tokens=False))
-    work = Path(work_dir or tempfile.mkdtemp())
+    tmp = None if work_dir else tempfile.TemporaryDirectory()       # removed at the end unless the caller named a folder
+    work = Path(work_dir or tmp.name)
     no_lang = tuple(f for f in ALL_FILTERS if f != 'lang')
     dt_chain = _datatrove_chain()
     ws = WhitespaceWords()
@@ -593,6 +594,7 @@ def curation_throughput(texts, tokenizer=None, rounds: int = 7, seq_len: int = 1
                           cpu_seconds=med(cpus[k]), tok_per_cpu_s=ntok / med(cpus[k]), speed_vs_first_cpu=med(np.array(cpus[ref]) / np.array(cpus[k])),
                           best_seconds=min(secs[k]), speed_vs_first_best=min(secs[ref]) / min(secs[k]))
                   for k in fns}
+    if tmp is not None: tmp.cleanup()
     cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), platform.processor()) if Path('/proc/cpuinfo').exists() else platform.processor()
     return dict(groups=res, tokens=ntok, docs=len(texts), rounds=rounds, token_definition=f'token count of each text by the {"embedded BPE (hybridslm/assets/tokenizer)" if tokenizer is None else "given tokenizer"}, {len(tok):,} ids, no special tokens',
                 loadavg_before=list(load0), loadavg_after=list(os.getloadavg()), cpu=cpu, cpus=os.cpu_count(), python=platform.python_version(),

@@ -135,7 +135,7 @@ def _ngram_stats(lw: list) -> dict:
         inv, first, cnt = g[n]
         starts = np.nonzero(cnt[inv] > 1)[0]
         cover = np.cumsum(np.bincount(starts, minlength=m + 1)[:m + 1] - np.bincount(starts + n, minlength=m + n + 1)[:m + 1])[:m] > 0
-        out[f'dup_{n}gram'] = float(lens[cover].sum() / max(1, lens.sum()))
+        out[f'dup_{n}gram'] = float(lens[cover].sum() / max(1, total))
     return out
 
 def quality_features(text: str) -> dict:

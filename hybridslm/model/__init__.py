@@ -11,7 +11,7 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast, BaseModelOutputWithPast
 from .config import HybridConfig, count_params
-from .layers import RMSNorm, RMSNormGated, SwiGLU, SquaredReLUMLP, MLPS, RotaryEmbedding
+from .layers import RMSNorm, RMSNormGated, MLPS, RotaryEmbedding
 from .attention import (GQAttention, KVCache, build_attn_mask, check_seq_idx, seq_idx_from_position_ids,
                                  seq_idx_from_cu_seqlens, doc_position_ids, varlen_cu_seqlens, flash_varlen_available)
 from .mamba2 import Mamba2Mixer, MambaCache

@@ -128,13 +128,13 @@ class HybridConfig(PretrainedConfig):
         "Validate the config; raise a `ValueError` naming the bad field and value."
         def need(ok, msg):
             if not ok: raise ValueError(f"HybridConfig: {msg}")
+        optional = ('attn_head_dim', 'mamba_d_inner')             # None: derived from d_model
         for f in ('vocab_size', 'd_model', 'n_heads', 'n_kv_heads', 'd_ff', 'max_seq_len', 'd_state', 'd_conv',
-                  'expand', 'headdim', 'ngroups', 'chunk_size'):
+                  'expand', 'headdim', 'ngroups', 'chunk_size') + optional:
             v = getattr(self, f)
-            need(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"{f} must be a positive integer, got {v!r}")
-        for f in ('attn_head_dim', 'mamba_d_inner'):
-            v = getattr(self, f)
-            need(v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0), f"{f} must be None or a positive integer, got {v!r}")
+            if v is None and f in optional: continue
+            need(isinstance(v, int) and not isinstance(v, bool) and v > 0,
+                 f"{f} must be {'None or ' if f in optional else ''}a positive integer, got {v!r}")
         need(self.attn_head_dim is not None or self.d_model % self.n_heads == 0,
              f"d_model={self.d_model} is not divisible by n_heads={self.n_heads} (or set attn_head_dim)")
         need(self.n_heads % self.n_kv_heads == 0, f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads} (GQA groups must be equal)")

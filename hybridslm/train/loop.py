@@ -143,10 +143,8 @@ def evaluate(model, dataset, batch_size: int = 8, max_batches: int | None = None
     n = len(dataset) if max_batches is None else min(len(dataset), max_batches * batch_size)
     from hybridslm.eval.perplexity import next_token_nll
     for i in range(0, n, batch_size):
-        ids = fetch_batch(dataset, range(i, min(i + batch_size, n)), vocab).to(dev)
-        si = document_seq_idx(ids, eos_token_id) if eos_token_id is not None else None
-        si = si if si is not None and bool(si[:, -1].any()) else None
-        nll, mask = next_token_nll(model, ids, autocast_dtype=autocast_dtype, seq_idx=si)
+        ids, kw = split_batch(packed_batch(fetch_batch(dataset, range(i, min(i + batch_size, n)), vocab), eos_token_id, dev))
+        nll, mask = next_token_nll(model, ids, autocast_dtype=autocast_dtype, seq_idx=kw.get('seq_idx'))
         total, count = total + nll.sum().item(), count + int(mask.sum())
     model.train(was_training)
     return total / count

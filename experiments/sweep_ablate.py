@@ -48,6 +48,10 @@ def parse_args(argv=None):
     ap.add_argument('--deadline-s', type=float, default=None,
                     help='stop starting runs that would not finish within this many seconds of the start, stop the '
                          'rest then, aggregate what is done and exit 3; rerun the same command to resume')
+    ap.add_argument('--start-all', action='store_true',
+                    help='with --deadline-s: start runs even when they would not finish before it; stopped at the '
+                         'deadline, a run saves its state under $HYBRIDSLM_CACHE and the next sweep resumes it first '
+                         '(use it when that folder outlives the machine, e.g. copied between hosts)')
     ap.add_argument('--no-compile', action='store_true', help='MQAR on GPU: no torch.compile')
     ap.add_argument('--no-cuda-graphs', action='store_true', help='MQAR on GPU: no CUDA-graph capture of the train step')
     ap.add_argument('--runs-root', default='papermill_runs/ablate', help='relative paths are relative to the repo root')
@@ -81,7 +85,7 @@ class Pool:
     def __init__(self, slot_list, deadline=None, log=print):
         self.slots, self.deadline, self.log, self.procs, self.lock = slot_list, deadline, log, {}, threading.Lock()
     def left(self) -> float: return float('inf') if self.deadline is None else self.deadline - time.time()
-    def run(self, jobs, estimate=lambda j: 0.0, on_done=None, skip=None):
+    def run(self, jobs, estimate=lambda j: 0.0, on_done=None, skip=None, start_all=False):
         "jobs: dicts with 'name', 'cmd', 'log' (path), optional 'env'. Lowest 'priority' first, then longest estimate. `skip(job)` true: not run."
         q = queue.Queue()
         for j in sorted(jobs, key=lambda j: (j.get('priority', 0), -estimate(j))): q.put(j)
@@ -91,7 +95,7 @@ class Pool:
                 try: j = q.get_nowait()
                 except queue.Empty: return
                 if skip is not None and skip(j): continue
-                if estimate(j) > self.left():
+                if not start_all and estimate(j) > self.left():
                     with self.lock: skipped.append(j['name'])
                     continue
                 env = {**os.environ, **j.get('env', {})}
@@ -180,7 +184,8 @@ def run_mqar(a) -> int:
             cmd = [sys.executable, '-m', 'hybridslm.research.ablate_fast', '--spec', json.dumps(s), '--out', str(out),
                    '--device', 'cuda' if on_gpu else 'cpu', '--no-progress', '--ckpt', str(ckpt_dir / f"{key}.pt")]
             jobs.append(dict(name=key, cmd=cmd, out=str(out), log=str(root / 'logs' / f"{key}.log"), spec=s,
-                             priority=lr_rank.get(s['lr'], 0) if s['phase'] == 'lr' else 0,   # every pair's first rate, then its second, ...
+                             # a run stopped earlier first (it resumes), then every pair's first rate, its second, ...
+                             priority=-1 if (ckpt_dir / f"{key}.pt").exists() else lr_rank.get(s['lr'], 0) if s['phase'] == 'lr' else 0,
                              env={'OMP_NUM_THREADS': str(max(1, (os.cpu_count() or 1) // len(sl)) if on_gpu else 1)}))
         if a.print_commands:
             for j in jobs: print(shlex.join(j['cmd']))
@@ -189,7 +194,7 @@ def run_mqar(a) -> int:
             if (lr := af.skip_if_solved(runs_dir, j['spec'])) is None: return False
             print(f"{j['name']}: not run, the task was solved at lr {lr:g}", flush=True)
             return True
-        res, skipped = Pool(sl, deadline).run(jobs, estimate, on_done, skip=solved)
+        res, skipped = Pool(sl, deadline).run(jobs, estimate, on_done, skip=solved, start_all=a.start_all)
         failures.extend(o for o in res if o['rc'] not in (0, 'deadline'))
         if skipped: print(f"{len(skipped)} runs not started: they would not finish before the deadline", flush=True)
     if a.aggregate_only:

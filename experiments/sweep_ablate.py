@@ -95,7 +95,7 @@ class Pool:
                 try: j = q.get_nowait()
                 except queue.Empty: return
                 if skip is not None and skip(j): continue
-                if not start_all and estimate(j) > self.left():
+                if self.left() < 60 or (not start_all and estimate(j) > self.left()):   # nothing starts in the last minute
                     with self.lock: skipped.append(j['name'])
                     continue
                 env = {**os.environ, **j.get('env', {})}

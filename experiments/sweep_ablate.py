@@ -141,6 +141,8 @@ def run_mqar(a) -> int:
     on_gpu = bool(a.gpus)
     if on_gpu: P.update(compile=not a.no_compile, cuda_graphs=not a.no_cuda_graphs)
     root = REPO / a.runs_root / (a.name or ('mqar' if prof == 'published' else f"mqar_{prof.replace('-', '_')}"))
+    if a.aggregate_only and (root / 'protocol.json').exists():   # aggregating here does not change how the runs were trained
+        P.update({k: v for k, v in json.loads((root / 'protocol.json').read_text()).items() if k in ('compile', 'cuda_graphs')})
     sl = slots(a)
     t_start = time.time()
     deadline = t_start + a.deadline_s if a.deadline_s else None

@@ -16,8 +16,8 @@ from ..train.optim import param_groups, lr_at
 from .ablate import attn_fraction, validate_patterns, resolve_device
 
 # %% auto #0
-__all__ = ['MQAR_PATTERNS', 'STOP_ACC', 'PUBLISHED', 'PROFILES', 'PUBLISHED_MINIMUM', 'DATA_KEYS', 'EXIT_STOPPED', 'FAIL_ACC',
-           'SOLVE_ACC', 'REACH', 'protocol', 'shortfalls', 'mqar_config', 'mqar_splits', 'load_mqar_splits',
+__all__ = ['MQAR_PATTERNS', 'STOP_ACC', 'FAIL_ACC', 'SOLVE_ACC', 'REACH', 'PUBLISHED', 'PROFILES', 'PUBLISHED_MINIMUM',
+           'DATA_KEYS', 'EXIT_STOPPED', 'protocol', 'shortfalls', 'mqar_config', 'mqar_splits', 'load_mqar_splits',
            'query_index', 'QueryHeadLoss', 'MQARTrainArgs', 'mqar_accuracy', 'train_mqar', 'estimate_seconds',
            'grid_estimate_seconds', 'run_key', 'run_spec', 'main', 'grid_specs', 'lr_order', 'is_solved', 'solved_lr',
            'skip_if_solved', 'choose_lrs', 'edge_specs', 'seed_specs', 'inprocess_executor', 'load_runs', 'run_grid',
@@ -26,6 +26,7 @@ __all__ = ['MQAR_PATTERNS', 'STOP_ACC', 'PUBLISHED', 'PROFILES', 'PUBLISHED_MINI
 # %% ../../nbs/62_ablate.fast.ipynb #27cf8086
 MQAR_PATTERNS = ('AA', 'MM', 'MA', 'AM', 'AAAA', 'MMMM', 'MAMM', 'MMAM')
 STOP_ACC = 0.99     # solved: validation accuracy at least this at every KV count (Zoology's early-stop threshold)
+FAIL_ACC, SOLVE_ACC, REACH = 0.5, 0.9, 0.9   # the verdict's bars: learned nothing / solved / reaches (most of) another
 PUBLISHED = dict(patterns=MQAR_PATTERNS, widths=(64, 128, 256), lrs=(3e-4, 1e-3, 3e-3, 1e-2), seeds=(0, 1, 2),
                  kv_pairs=(4, 8, 16, 32, 64), vocab_size=8192, seq_len=256, n_train=100_000, n_val_per_kv=1000,
                  n_test_per_kv=1000, batch_size=256, epochs=32, max_steps=None, d_state=64, data_seed=0,
@@ -432,7 +433,9 @@ def choose_lrs(results: list[dict]) -> dict:
 
 def edge_specs(p: dict, results: list[dict]) -> list[dict]:
     """Phase-1 extensions: a (pattern, width) whose best rate is the grid's smallest (largest) and that has not solved the
-    task gets one more run a grid step below (above) it, so a chosen rate is never an unsolved edge of the search."""
+    task gets one more run a grid step below (above) it, so a chosen rate is never an unsolved edge of the search. One
+    that learned nothing at any rate (best mean validation accuracy below `FAIL_ACC`) gets both: among runs that all
+    sit at the guessing plateau, which rate is "best" is noise, and says nothing about the direction to search."""
     lrs = sorted(p['lrs'])
     if len(lrs) < 2: return []
     step = (lrs[-1] / lrs[0]) ** (1 / (len(lrs) - 1))                   # the grid's mean ratio, rounded to 1 or 3 x 10^k
@@ -445,8 +448,9 @@ def edge_specs(p: dict, results: list[dict]) -> list[dict]:
         if pat not in p['patterns'] or w not in p['widths']: continue
         rs = [r for r in results if r['pattern'] == pat and r['d_model'] == w and r.get('phase') == 'lr' and r['lr'] == lr]
         if not rs or is_solved(rs[0], p.get('stop_acc')): continue
-        if lr == lrs[0]: out.append(dict(base, pattern=pat, d_model=w, lr=lo, seed=p['seeds'][0], phase='lr', edge=True))
-        if lr == lrs[-1]: out.append(dict(base, pattern=pat, d_model=w, lr=hi, seed=p['seeds'][0], phase='lr', edge=True))
+        lost = rs[0]['val_acc'] < FAIL_ACC
+        if lr == lrs[0] or lost: out.append(dict(base, pattern=pat, d_model=w, lr=lo, seed=p['seeds'][0], phase='lr', edge=True))
+        if lr == lrs[-1] or lost: out.append(dict(base, pattern=pat, d_model=w, lr=hi, seed=p['seeds'][0], phase='lr', edge=True))
     return out
 
 def seed_specs(p: dict, best: dict) -> list[dict]:
@@ -504,8 +508,6 @@ def run_grid(p: dict, root, execute, log=print) -> dict:
                               skipped=sum(bool(r.get('skipped')) for r in every))
 
 # %% ../../nbs/62_ablate.fast.ipynb #1dcf9e73
-FAIL_ACC, SOLVE_ACC, REACH = 0.5, 0.9, 0.9
-
 def chosen_runs(results: list[dict], best: dict | None = None) -> dict:
     "`{(pattern, d_model): [runs at the chosen lr, by seed]}`."
     best = best if best is not None else choose_lrs(results)

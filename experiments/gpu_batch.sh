@@ -6,6 +6,7 @@
 #
 #     bash experiments/gpu_batch.sh train2gpu [quant]   # 2 GPUs: experiments/run_2gpu.sh, then the CUDA quant bench
 #     bash experiments/gpu_batch.sh gputests            # 1 GPU: the notebooks' `#| gpu` cells (nbdev_test --flags gpu)
+#     bash experiments/gpu_batch.sh docmask           # 1 GPU: packed-row and convert GPU checks, the document-masking cost at 1.3b
 #     bash experiments/gpu_batch.sh ablate [mqar|lm|both]  # all GPUs: the MQAR grid and/or the LM comparison, resumable
 #     bash experiments/gpu_batch.sh benchgpu            # 1 GPU: the final bench_gpu table (+ compiled at micro-batch 8)
 #     bash experiments/gpu_batch.sh benchfinal          # 1 GPU: mamba_ssm, ours compiled, ours eager
@@ -133,6 +134,14 @@ case "${1:-}" in
       echo "exit $?"; tail -n 5 "$OUT/gputest_$(basename $nb .ipynb).log"
     done
     t=$(( $(left) - 20 )); [ "$t" -gt 60 ] && timeout "$t" nbdev_test --flags gpu --n_workers 1 > "$OUT/gputest_all.log" 2>&1; tail -n 8 "$OUT/gputest_all.log" ;;
+  docmask)    # 1 GPU: the `#| gpu` cells of the attention, Mamba-2, model and convert notebooks (packed rows on the kernel
+              # paths, mamba_ssm's MambaLMHeadModel against the converter), then what document masking costs a 1.3b step
+    for nb in nbs/02_attention.ipynb nbs/03_mamba2.ipynb nbs/04_model.ipynb nbs/43_convert.ipynb; do
+      t=$(( $(left) - 240 )); [ "$t" -gt 30 ] || break
+      echo "=== $nb $(date -u +%T)"; timeout "$t" nbdev_test --flags gpu --n_workers 1 --path "$nb" > "$OUT/gputest_$(basename $nb .ipynb).log" 2>&1
+      echo "exit $?"; tail -n 5 "$OUT/gputest_$(basename $nb .ipynb).log"
+    done
+    timeout $(( $(left) - 15 )) python3 experiments/bench_doc_mask.py --preset 1.3b --out "$OUT/doc_mask_bench" 2>&1 | tail -n 8 ;;
   ablate)     # $2 = mqar (default): the MQAR grid of the published protocol on every GPU of the host; lm: the LM
                # comparison on the corpus in .gpudata/corpus (a folder of .jsonl[.gz]/.txt files), tokenized once first;
                # both: the two sweeps at the same time, each with its own runs per GPU (MQAR_JOBS, LM_JOBS; default 2
@@ -184,6 +193,6 @@ case "${1:-}" in
         tarit quant $W/bench_quant
       fi ) &
     wait ;;
-  *) echo "usage: $0 gputests|train2gpu|ablate|benchgpu|benchfinal|benchall|mb8|levers|levers2|final [quant]"; exit 2 ;;
+  *) echo "usage: $0 gputests|docmask|train2gpu|ablate|benchgpu|benchfinal|benchall|mb8|levers|levers2|final [quant]"; exit 2 ;;
 esac
 echo "done in $(( $(date +%s) - START ))s"

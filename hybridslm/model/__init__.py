@@ -13,7 +13,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast, BaseModelOutpu
 from .config import HybridConfig, count_params
 from .layers import RMSNorm, RMSNormGated, MLPS, RotaryEmbedding
 from .attention import (GQAttention, KVCache, build_attn_mask, check_seq_idx, seq_idx_from_position_ids,
-                                 seq_idx_from_cu_seqlens, doc_position_ids, varlen_cu_seqlens, flash_varlen_available)
+                                 seq_idx_from_cu_seqlens, doc_position_ids, varlen_cu_seqlens, flash_varlen_available, doc_block_mask)
 from .mamba2 import Mamba2Mixer, MambaCache
 
 # %% auto #0
@@ -207,8 +207,10 @@ class HybridModel(HybridPreTrainedModel):
         if position_ids is None: position_ids = torch.arange(past, past + L, device=h.device)[None].expand(B, L)
         attn_mask = varlen = None                       # built once here, shared by every attention layer
         if docs is not None and 'A' in self.config.layer_pattern:
-            attn_mask = build_attn_mask(L, 0, key_mask, h.device, seq_idx=docs)
-            if flash_varlen_available() and h.is_cuda and key_mask is None: varlen = varlen_cu_seqlens(docs)
+            if h.is_cuda and key_mask is None:            # no L x L mask on the GPU: FlexAttention's tiles (flash-attn varlen first, if installed)
+                attn_mask = doc_block_mask(docs)
+                if flash_varlen_available(): varlen = varlen_cu_seqlens(docs)
+            else: attn_mask = build_attn_mask(L, 0, key_mask, h.device, seq_idx=docs)
         if self.config.residual_in_fp32: h = h.float()
         hidden_states = [] if output_hidden_states else None
         for i, block in enumerate(self.layers):

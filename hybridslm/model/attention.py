@@ -4,13 +4,15 @@
 
 # %% ../../nbs/02_attention.ipynb #e2d23165
 from __future__ import annotations
+import warnings
 import torch, torch.nn as nn, torch.nn.functional as F
 from .config import HybridConfig
 from .layers import RotaryEmbedding, apply_rope
 
 # %% auto #0
 __all__ = ['KVCache', 'build_attn_mask', 'seq_idx_from_position_ids', 'check_seq_idx', 'seq_idx_from_cu_seqlens',
-           'doc_position_ids', 'varlen_cu_seqlens', 'flash_varlen_available', 'sdpa_gqa', 'GQAttention']
+           'doc_position_ids', 'varlen_cu_seqlens', 'doc_block_mask', 'flex_attend', 'flash_varlen_available',
+           'sdpa_gqa', 'GQAttention']
 
 # %% ../../nbs/02_attention.ipynb #dbd5a9fc
 class KVCache:
@@ -113,6 +115,32 @@ def varlen_cu_seqlens(seq_idx: torch.Tensor) -> tuple[torch.Tensor, int]:
     cu = torch.cat([starts, starts.new_tensor([B * L])]).to(torch.int32)
     return cu, int((cu[1:] - cu[:-1]).max())
 
+# %% ../../nbs/02_attention.ipynb #0ed13344
+def doc_block_mask(seq_idx: torch.Tensor):
+    """FlexAttention's `BlockMask` for packed rows split by `seq_idx (B, L)`: causal within each document, nothing across.
+    It holds tile-level indices only; on CUDA it is built by a compiled kernel that never forms the `L × L` mask either
+    (uncompiled, `create_block_mask` evaluates the rule on the whole grid). `GQAttention` runs it through `flex_attend`."""
+    from torch.nn.attention.flex_attention import create_block_mask
+    B, L = seq_idx.shape
+    si = seq_idx
+    def same_doc_causal(b, h, q, kv): return (q >= kv) & (si[b, q] == si[b, kv])
+    return create_block_mask(same_doc_causal, B, None, L, L, device=seq_idx.device, _compile=seq_idx.is_cuda)
+
+_flex_compiled = None
+def flex_attend(q, k, v, block_mask, compiled: bool | None = None):
+    """`flex_attention` of q `(B, H, L, hd)` over k/v `(B, Hkv, L, hd)` under `block_mask` (GQA broadcast in the kernel).
+    `compiled` (default: on CUDA) runs the fused kernel through `torch.compile`; uncompiled it is the reference form."""
+    global _flex_compiled
+    from torch.nn.attention.flex_attention import flex_attention
+    fn = flex_attention
+    if q.is_cuda if compiled is None else compiled:
+        if _flex_compiled is None: _flex_compiled = torch.compile(flex_attention, dynamic=False)
+        fn = _flex_compiled
+    with warnings.catch_warnings():                      # the uncompiled form warns that it is unfused: that is its point
+        warnings.filterwarnings('ignore', message='flex_attention called without torch.compile')
+        return fn(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
+
+
 # %% ../../nbs/02_attention.ipynb #e4d543a0
 try:
     from flash_attn import flash_attn_func as _flash_attn_func   # optional: users who have it installed
@@ -182,7 +210,8 @@ class GQAttention(nn.Module):
 
     def forward(self, x, position_ids=None, cache: KVCache | None = None, key_mask=None, attn_mask=None, varlen=None):
         """x `(B, L, d)`; `position_ids` `(B, L)`; `key_mask` `(B, past+L)` with 0 at padding. Packed rows: `attn_mask`, the
-        block-diagonal mask of `build_attn_mask(..., seq_idx=)` (used instead of one built here), and `varlen`, its
+        block-diagonal mask of `build_attn_mask(..., seq_idx=)` (used instead of one built here) or its `doc_block_mask`
+        (FlexAttention), and `varlen`, its
         `varlen_cu_seqlens` (flash-attn's varlen kernel when installed, on CUDA in half precision)."""
         B, L, _ = x.shape
         past = cache.seqlen if cache is not None else 0
@@ -190,6 +219,10 @@ class GQAttention(nn.Module):
             position_ids = torch.arange(past, past + L, device=x.device)[None].expand(B, L)
         q, k, v = self.qkv(x, position_ids)
         if cache is not None: k, v = cache.update(k, v)
+        if attn_mask is not None and not torch.is_tensor(attn_mask):       # a BlockMask (`doc_block_mask`): FlexAttention
+            if k.shape[2] != L: raise ValueError("a BlockMask covers a forward from an empty cache only")
+            y = flex_attend(q, k, v, attn_mask).transpose(1, 2)
+            return self.o_proj(y.reshape(B, L, self.n_heads * self.hd))
         if (varlen is not None and _flash_attn_varlen_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
                 and k.shape[2] == L):
             cu, mx = varlen

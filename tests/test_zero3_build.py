@@ -10,7 +10,9 @@
   counts: fp32 parameters, DeepSpeed's fp32 master copy of them (it keeps one even though the parameters are
   already fp32), fp32 gradients and Adam's two moments, 1/2 of the model each;
   the only parameters a rank then holds whole are those DeepSpeed keeps whole by design (<= 1e5 elements), and
-  their bytes are the estimate's `persistent` term.
+  their bytes are the estimate's `persistent` term;
+* a ZeRO-3 run started the way `experiments/train.ipynb` starts one (`launch` -> torchrun -> `run_worker`, 2 ranks)
+  trains, prints the per-rank estimate and keeps it in `result.json`, and its HF checkpoint loads.
 """
 import json, math, os, socket, subprocess, sys
 from pathlib import Path
@@ -86,3 +88,20 @@ def test_zero3_build_and_sharded_load_partitioned(tmp_path):
         assert kept == est['persistent'] and not any(h['persist'] for h in rec['built'].values()), (kept, est['persistent'])
         print(f"rank {r}: params {s['params']:,} B, master copy {s['master']:,} B, grads {s['grads']:,} B, Adam {s['adam']:,} B; "
               f"estimate {est['params']:,} / {est['master']:,} / {est['grads']:,} / {est['adam']:,} B; {n_shards} shards loaded")
+
+
+def test_zero3_run_through_launch(tmp_path):
+    "The path `experiments/train.ipynb` takes with `zero_stage=3`: `launch` -> torchrun -> `run_worker` on 2 ranks."
+    from hybridslm.train.launch import resolve_run, launch
+    from hybridslm.train.deepspeed import zero3_from_pretrained
+    from hybridslm.model.config import count_params
+    p = resolve_run({**RUN, 'data': 'embedded:alice_in_wonderland', 'micro_batch': 2, 'grad_accum': 1, 'max_steps': 2,
+                     'eval_every': 0, 'eval_batches': 1, 'time_budget_min': None, 'lr': 1e-3, 'warmup': 1, 'precision': 'fp32',
+                     'out_dir': str(tmp_path), 'master_port': free_port()})
+    res = launch(p, tmp_path, env=ENV, quiet=True)
+    mem = res['zero3_memory_per_rank']
+    assert res['step'] == 2 and res['zero_stage'] == 3 and res['world_size'] == 2 and mem['world_size'] == 2
+    model = zero3_from_pretrained(res['hf_checkpoint'], enabled=False)
+    assert mem['n_params'] == count_params(model.config) == sum(q.numel() for q in model.parameters())
+    assert mem['model_states'] == 20 * math.ceil(mem['n_params'] / 2)
+    assert f"ZeRO-3 on 2 ranks: {mem['model_states'] / 1e9:.2f} GB of model states per rank" in (tmp_path / 'launch.log').read_text()

@@ -460,6 +460,14 @@ def run_worker(p: dict, root: Path | None = None) -> dict | None:
         logger = RunLogger(out, ['jsonl'] + [b for b in p['log_to'].split(',') if b.strip()] if p['log_to'] else ['jsonl'],
                            run_name=p['run_name'], config={k: v for k, v in p.items() if k != 'model_overrides'},
                            project=p['wandb_project'])
+    mem = None
+    if p['zero_stage'] == 3:                 # what each rank must hold, printed before the first step can run out of it
+        from hybridslm.train.deepspeed import zero3_memory_per_rank
+        mem = zero3_memory_per_rank(cfg, int(os.environ.get('WORLD_SIZE', 1)))
+        if rank == 0:
+            print(f"ZeRO-3 on {mem['world_size']} ranks: {mem['model_states'] / 1e9:.2f} GB of model states per rank "
+                  f"(+{mem['gathered'] / 1e9:.2f} GB while the largest module is gathered, {mem['persistent'] / 1e9:.3f} GB of "
+                  f"small parameters kept whole), before activations", flush=True)
     fpt = flops_per_token(cfg, p['seq_len'])
     peak = peak_flops(torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu', p['peak_tflops'])
     def on_log(rec):
@@ -477,7 +485,7 @@ def run_worker(p: dict, root: Path | None = None) -> dict | None:
     hf = ds_checkpoint_to_hf(ck, out / 'checkpoint')
     result = {k: res[k] for k in ('step', 'history', 'evals', 'bad_steps', 'tokens', 'max_steps')}
     result.update(train_time_s=train_time, world_size=torch.distributed.get_world_size(), zero_stage=p['zero_stage'],
-                  flops_per_token=fpt, peak_flops=peak, hf_checkpoint=str(hf), resumed_from=str(p['resume']),
+                  flops_per_token=fpt, peak_flops=peak, hf_checkpoint=str(hf), resumed_from=str(p['resume']), zero3_memory_per_rank=mem,
                   device_name=torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')
     (out / 'result.json').write_text(json.dumps(result, indent=1, default=str))
     return result

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/23_train.deepspeed.ipynb #53039fc6
 from __future__ import annotations
-import contextlib, json, os, shutil, warnings
+import contextlib, json, math, os, shutil, warnings
 from pathlib import Path
 import torch
 from .optim import make_optimizer, param_groups
@@ -16,7 +16,8 @@ from .monitor import step_metrics, memory_stats
 
 # %% auto #0
 __all__ = ['default_zero_stage', 'make_ds_config', 'init_distributed', 'ds_param_shape', 'gathered_weight_init', 'zero3_init',
-           'safe_torch_load', 'DeepSpeedBackend', 'fit_deepspeed', 'ds_checkpoint_to_hf']
+           'load_hf_weights_zero3', 'zero3_from_pretrained', 'zero3_memory_per_rank', 'safe_torch_load',
+           'DeepSpeedBackend', 'fit_deepspeed', 'ds_checkpoint_to_hf']
 
 # %% ../../nbs/23_train.deepspeed.ipynb #66affd06
 def default_zero_stage(preset: str | None) -> int:
@@ -96,6 +97,97 @@ def zero3_init(enabled: bool = True):
     with deepspeed.zero.Init(config_dict_or_path={'train_micro_batch_size_per_gpu': 1, 'zero_optimization': {'stage': 3}}), \
          gathered_weight_init():
         yield
+
+# %% ../../nbs/23_train.deepspeed.ipynb #70ff5490
+def _hf_weight_files(path: Path) -> dict[str, list[str]]:
+    "`{file: [tensor names]}` of an HF checkpoint directory: a sharded one (`model.safetensors.index.json`) or a single `model.safetensors`."
+    from safetensors import safe_open
+    index = path / 'model.safetensors.index.json'
+    if index.exists():
+        try: wmap = json.loads(index.read_text())['weight_map']
+        except (ValueError, KeyError, TypeError) as e: raise CheckpointError(f"{index}: not a safetensors index ({type(e).__name__}: {e})") from e
+        files = {}
+        for name, f in wmap.items(): files.setdefault(f, []).append(name)
+        for f in files:
+            if not (path / f).is_file(): raise CheckpointError(f"{index} names {f}, which is not in {path}")
+        return files
+    if (path / 'model.safetensors').is_file():
+        with safe_open(path / 'model.safetensors', 'pt') as f: return {'model.safetensors': list(f.keys())}
+    raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json (only safetensors checkpoints are loaded)")
+
+def load_hf_weights_zero3(model, path) -> dict:
+    """Copy the weights of the HF directory `path` (one or several safetensors shards) into `model`, whose parameters
+    may be ZeRO-3 partitioned: each parameter is gathered on its own, rank 0 reads it from its shard and copies it in,
+    and DeepSpeed re-partitions it. Every rank checks names and shapes from the shard headers first, so a mismatch
+    fails on all ranks alike before any collective. Returns `{'files': n, 'tensors': n}`."""
+    import deepspeed
+    from safetensors import safe_open
+    path = Path(path)
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    files = _hf_weight_files(path)
+    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+    tied = {'lm_head.weight'} if getattr(model.config, 'tie_word_embeddings', False) else set()
+    saved = {n for names in files.values() for n in names}
+    missing, unexpected = set(params) - saved - tied, saved - set(params) - set(buffers) - tied
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match the model (missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    for f, names in files.items():                       # shapes, from the headers only, on every rank
+        with safe_open(path / f, 'pt') as sf:
+            for n in names:
+                t = params.get(n, buffers.get(n))
+                if t is None: continue
+                shape = tuple(sf.get_slice(n).get_shape())
+                if shape != tuple(ds_param_shape(t)):
+                    raise CheckpointError(f"{path / f}: {n} has shape {shape}, the model's is {tuple(ds_param_shape(t))}")
+    count = 0
+    for f, names in files.items():
+        with safe_open(path / f, 'pt') as sf:
+            for n in names:
+                if n in params:
+                    p = params[n]
+                    with deepspeed.zero.GatheredParameters([p], modifier_rank=0, enabled=hasattr(p, 'ds_id')), torch.no_grad():
+                        if rank == 0 or not hasattr(p, 'ds_id'): p.data.copy_(sf.get_tensor(n))
+                    count += 1
+                elif n in buffers:                        # buffers are not partitioned: every rank loads its own
+                    with torch.no_grad(): buffers[n].copy_(sf.get_tensor(n))
+                    count += 1
+    if tied and hasattr(model, 'tie_weights'): model.tie_weights()
+    return {'files': len(files), 'tensors': count}
+
+def zero3_from_pretrained(path, enabled: bool = True):
+    """`AutoModelForCausalLM.from_pretrained(path)` for ZeRO-3: the model is built partitioned (`zero3_init`) with weight
+    initialisation skipped, then `load_hf_weights_zero3` fills it shard by shard, so no rank holds the whole model."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+    import hybridslm.model  # noqa: F401  (registers the model type)
+    cfg = AutoConfig.from_pretrained(path)
+    with zero3_init(enabled), no_init_weights():
+        model = AutoModelForCausalLM.from_config(cfg)
+    load_hf_weights_zero3(model, path)
+    return model
+
+# %% ../../nbs/23_train.deepspeed.ipynb #bac28d5e
+def zero3_memory_per_rank(cfg, world_size: int, persistence_threshold: int = 100_000) -> dict:
+    """Bytes each of `world_size` ranks holds for the model states under ZeRO-3 with this project's precision (bf16
+    autocast, fp32 parameters): its 1/world share of the fp32 parameters (4 bytes each), the optimiser's fp32 master
+    copy of them (4; see below), fp32 gradients (4) and Adam's two moments (8), i.e. 20 bytes per parameter / world; plus the working set of
+    the largest single module while it is gathered (its fp32 weights and gradients, 8 bytes per parameter), and the
+    parameters of at most `persistence_threshold` elements (DeepSpeed's `stage3_param_persistence_threshold`), which
+    ZeRO-3 keeps whole on every rank after the first forward. Activations (batch, sequence length, checkpointing) and
+    the communication buckets (`reduce_bucket_size`) come on top. The model is built on
+    the meta device to count, so this is cheap for any preset."""
+    from hybridslm.model import HybridForCausalLM
+    if not isinstance(world_size, int) or world_size < 1: raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
+    with torch.device('meta'): model = HybridForCausalLM(cfg)
+    n = sum(p.numel() for p in model.parameters())
+    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+    share = math.ceil(n / world_size)
+    out = dict(n_params=n, world_size=world_size, params=4 * share, master=4 * share, grads=4 * share, adam=8 * share,
+               largest_module_params=largest, gathered=8 * largest,
+               persistent=4 * sum(p.numel() for p in model.parameters() if p.numel() <= persistence_threshold))
+    out['model_states'] = out['params'] + out['master'] + out['grads'] + out['adam']
+    out['total'] = out['model_states'] + out['gathered'] + out['persistent']
+    return out
 
 # %% ../../nbs/23_train.deepspeed.ipynb #27ba4191
 def _ds_safe_globals():

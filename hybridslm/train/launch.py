@@ -4,15 +4,16 @@
 
 # %% ../../nbs/25_train.launch.ipynb #4e12593e
 from __future__ import annotations
-import argparse, ctypes, json, math, os, queue, signal, subprocess, sys, threading, time
+import argparse, contextlib, ctypes, json, math, os, queue, signal, subprocess, sys, threading, time
 from pathlib import Path
 import numpy as np, torch
 
 # %% auto #0
 __all__ = ['RUN_DEFAULTS', 'PRESET_TRAIN_DEFAULTS', 'ROADMAP_TRAIN_DEFAULTS', 'PR_SET_PDEATHSIG', 'LAUNCHER_ENV', 'ModelSpec',
-           'DataSpec', 'TrainSpec', 'DistSpec', 'OutputSpec', 'RunConfig', 'resolve_run', 'MixtureDataset',
-           'load_run_data', 'build_model', 'train_args', 'set_parent_death_signal', 'process_id', 'is_running',
-           'process_tree', 'stay_with_launcher', 'run_worker', 'main', 'launch_command', 'LaunchedRun', 'launch']
+           'DataSpec', 'TrainSpec', 'DistSpec', 'OutputSpec', 'RunConfig', 'resolve_run', 'read_hostfile',
+           'check_nodes', 'MixtureDataset', 'load_run_data', 'build_model', 'train_args', 'set_parent_death_signal',
+           'process_id', 'is_running', 'process_tree', 'stay_with_launcher', 'run_worker', 'main', 'launch_command',
+           'LaunchedRun', 'wait_for_result', 'launch']
 
 # %% ../../nbs/25_train.launch.ipynb #9a200b1b
 import dataclasses, typing
@@ -178,8 +179,8 @@ class RunConfig:
         d = self.distributed
         return d.num_gpus > 1 or d.nnodes > 1 or d.zero_stage is not None
 
-    def resolve(self) -> 'RunConfig':
-        "Preset defaults filled in and every cross-field rule checked; ValueError naming the field."
+    def resolve(self, check_hostfile: bool = True) -> 'RunConfig':
+        "Preset defaults filled in and every cross-field rule checked (`check_nodes` for several nodes); ValueError naming the field."
         from hybridslm.model.config import PRESETS, check_config_overrides
         p = self.params()
         if str(p['preset']).lower() not in PRESETS: raise ValueError(f"preset={p['preset']!r}: choose one of {sorted(PRESETS)}")
@@ -191,6 +192,7 @@ class RunConfig:
         if p['offload'] and p['zero_stage'] in (None, 0) and p['num_gpus'] == 1:
             raise ValueError("offload=True needs DeepSpeed ZeRO >= 1: set zero_stage")
         if p['launcher'] not in ('torchrun', 'deepspeed'): raise ValueError(f"launcher must be 'torchrun' or 'deepspeed', got {p['launcher']!r}")
+        check_nodes(self.distributed, check_hostfile)
         check_config_overrides(p['model_overrides'])                 # a misspelt field fails here, by name, not in every rank
         from hybridslm.train.monitor import LOG_BACKENDS
         logs = [b.strip() for b in (p['log_to'] or '').split(',') if b.strip()]
@@ -244,10 +246,59 @@ RUN_DEFAULTS = RunConfig().params()        # the flat parameter set: experiments
 PRESET_TRAIN_DEFAULTS = {'demo': dict(seq_len=128, micro_batch=4, grad_accum=1, lr=3e-3, warmup=10, time_budget_min=8.0)}
 ROADMAP_TRAIN_DEFAULTS = dict(seq_len=2048, micro_batch=4, grad_accum=16, lr=3e-4, warmup=2000, time_budget_min=None)
 
-def resolve_run(params: dict) -> dict:
+def resolve_run(params: dict, check_hostfile: bool = True) -> dict:
     "Flat run parameters checked and resolved through `RunConfig`, plus `distributed`; ValueError naming any bad field."
-    r = RunConfig.from_params(params).resolve()
+    r = RunConfig.from_params(params).resolve(check_hostfile)
     return {**r.params(), 'distributed': r.is_distributed}
+
+# %% ../../nbs/25_train.launch.ipynb #ab298681
+_LOOPBACK = ('127.', 'localhost', '::1', '0.0.0.0')
+
+def read_hostfile(path) -> dict[str, int]:
+    "`{host: slots}` of a DeepSpeed hostfile (lines `host slots=N`, `#` comments, blank lines); ValueError naming the file and line if it is missing, unreadable or malformed."
+    import re
+    try: lines = Path(path).read_text().splitlines()
+    except OSError as e: raise ValueError(f"hostfile={str(path)!r}: cannot read it ({type(e).__name__}: {e.strerror or e})") from e
+    except UnicodeDecodeError as e: raise ValueError(f"hostfile={str(path)!r}: not a text file") from e
+    hosts = {}
+    for i, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith('#'): continue
+        m = re.fullmatch(r'(\S+)\s+slots=(\d+)(\s+#.*)?', line)
+        if not m: raise ValueError(f"hostfile={str(path)!r} line {i}: {line!r} is not 'host slots=N'")
+        if m[1] in hosts: raise ValueError(f"hostfile={str(path)!r} line {i}: host {m[1]!r} is listed twice")
+        if int(m[2]) < 1: raise ValueError(f"hostfile={str(path)!r} line {i}: slots must be >= 1")
+        hosts[m[1]] = int(m[2])
+    if not hosts: raise ValueError(f"hostfile={str(path)!r} lists no host")
+    return hosts
+
+def check_nodes(d: DistSpec, check_hostfile: bool = True) -> dict[str, int] | None:
+    """The multi-node rules of a `distributed` section, each a ValueError naming the fields: `0 <= node_rank < nnodes`;
+    several nodes need a `master_addr` the other nodes can reach (not loopback); torchrun is started on every node and
+    reads no hostfile; DeepSpeed's launcher is started once, on node 0, and needs a hostfile for several nodes, whose
+    hosts must number `nnodes`, each with `num_gpus` slots (so the world size is `nnodes * num_gpus` either way).
+    Returns the hostfile's `{host: slots}` (None without one, or when `check_hostfile=False`, as on the ranks)."""
+    if d.nnodes < 1: raise ValueError(f"nnodes must be >= 1, got {d.nnodes}")
+    if not 0 <= d.node_rank < d.nnodes: raise ValueError(f"node_rank={d.node_rank} with nnodes={d.nnodes}: node_rank must be 0 .. {d.nnodes - 1}")
+    if not 1 <= d.master_port <= 65535: raise ValueError(f"master_port must be 1 .. 65535, got {d.master_port}")
+    if d.nnodes > 1 and (not d.master_addr.strip() or d.master_addr.strip().lower().startswith(_LOOPBACK)):
+        raise ValueError(f"nnodes={d.nnodes} with master_addr={d.master_addr!r}: set master_addr to the address of node 0 "
+                         f"that every node can reach (a loopback address only reaches the node itself)")
+    if d.launcher == 'torchrun' and d.hostfile:
+        raise ValueError(f"hostfile={d.hostfile!r} with launcher='torchrun': torchrun reads no hostfile; start the run on every "
+                         f"node with nnodes, its node_rank and master_addr, or use launcher='deepspeed'")
+    if d.launcher == 'deepspeed' and d.node_rank != 0:
+        raise ValueError(f"node_rank={d.node_rank} with launcher='deepspeed': DeepSpeed's launcher starts every node from "
+                         f"node 0 (over ssh/pdsh, from the hostfile); run it once, there, with node_rank=0")
+    if d.launcher == 'deepspeed' and d.nnodes > 1 and not d.hostfile:
+        raise ValueError(f"nnodes={d.nnodes} with launcher='deepspeed' needs a hostfile (lines 'host slots=N'), one line per node")
+    if not d.hostfile or not check_hostfile: return None
+    hosts = read_hostfile(d.hostfile)
+    if len(hosts) != d.nnodes:
+        raise ValueError(f"hostfile={d.hostfile!r} lists {len(hosts)} host(s) {list(hosts)}, nnodes={d.nnodes}: they must agree")
+    bad = {h: s for h, s in hosts.items() if s != d.num_gpus}
+    if bad: raise ValueError(f"hostfile={d.hostfile!r}: slots {bad} differ from num_gpus={d.num_gpus} (GPUs per node): they must agree")
+    return hosts
 
 # %% ../../nbs/25_train.launch.ipynb #f7665035
 class MixtureDataset(torch.utils.data.Dataset):
@@ -311,8 +362,10 @@ def load_run_data(p: dict, tok, root: Path):
     val_ids = np.concatenate([val_ds[i].numpy() for i in range(len(val_ds))])
     return train_ds, val_ds, train_ids, val_ids, vocab
 
-def build_model(p: dict, tok, vocab_size: int, zero3: bool = False):
-    "`(config, model)` for run parameters `p`: the preset, overridden by `layer_pattern` and `model_overrides`; `zero3`: built partitioned."
+def build_model(p: dict, tok, vocab_size: int, zero3: bool = False, meta: bool = False):
+    """`(config, model)` for run parameters `p`: the preset, overridden by `layer_pattern` and `model_overrides`;
+    `zero3`: built partitioned across the ranks; `meta`: built on the meta device (shapes only, no memory: enough for a
+    launching process that only counts parameters)."""
     from hybridslm.model.config import HybridConfig
     from hybridslm.model import HybridForCausalLM
     ov = dict(vocab_size=vocab_size, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
@@ -321,7 +374,8 @@ def build_model(p: dict, tok, vocab_size: int, zero3: bool = False):
     cfg = HybridConfig.from_preset(p['preset'], **ov)
     torch.manual_seed(p['seed'])
     from hybridslm.train.deepspeed import zero3_init
-    with zero3_init(zero3):
+    if zero3 and meta: raise ValueError("build_model: zero3 and meta exclude each other")
+    with zero3_init(zero3), torch.device('meta') if meta else contextlib.nullcontext():
         return cfg, HybridForCausalLM(cfg)
 
 def train_args(p: dict, out: Path):
@@ -406,6 +460,14 @@ def run_worker(p: dict, root: Path | None = None) -> dict | None:
         logger = RunLogger(out, ['jsonl'] + [b for b in p['log_to'].split(',') if b.strip()] if p['log_to'] else ['jsonl'],
                            run_name=p['run_name'], config={k: v for k, v in p.items() if k != 'model_overrides'},
                            project=p['wandb_project'])
+    mem = None
+    if p['zero_stage'] == 3:                 # what each rank must hold, printed before the first step can run out of it
+        from hybridslm.train.deepspeed import zero3_memory_per_rank
+        mem = zero3_memory_per_rank(cfg, int(os.environ.get('WORLD_SIZE', 1)))
+        if rank == 0:
+            print(f"ZeRO-3 on {mem['world_size']} ranks: {mem['model_states'] / 1e9:.2f} GB of model states per rank "
+                  f"(+{mem['gathered'] / 1e9:.2f} GB while the largest module is gathered, {mem['persistent'] / 1e9:.3f} GB of "
+                  f"small parameters kept whole), before activations", flush=True)
     fpt = flops_per_token(cfg, p['seq_len'])
     peak = peak_flops(torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu', p['peak_tflops'])
     def on_log(rec):
@@ -423,7 +485,7 @@ def run_worker(p: dict, root: Path | None = None) -> dict | None:
     hf = ds_checkpoint_to_hf(ck, out / 'checkpoint')
     result = {k: res[k] for k in ('step', 'history', 'evals', 'bad_steps', 'tokens', 'max_steps')}
     result.update(train_time_s=train_time, world_size=torch.distributed.get_world_size(), zero_stage=p['zero_stage'],
-                  flops_per_token=fpt, peak_flops=peak, hf_checkpoint=str(hf), resumed_from=str(p['resume']),
+                  flops_per_token=fpt, peak_flops=peak, hf_checkpoint=str(hf), resumed_from=str(p['resume']), zero3_memory_per_rank=mem,
                   device_name=torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')
     (out / 'result.json').write_text(json.dumps(result, indent=1, default=str))
     return result
@@ -434,7 +496,7 @@ def main(argv=None):
     ap.add_argument('--local_rank', type=int, default=None, help=argparse.SUPPRESS)   # passed by the deepspeed launcher
     a = ap.parse_args(argv)
     stay_with_launcher()                     # torchrun gave this rank a session of its own: die with the agent
-    run_worker(resolve_run(json.loads(Path(a.config).read_text())))
+    run_worker(resolve_run(json.loads(Path(a.config).read_text()), check_hostfile=False))   # the hostfile is node 0's business
     if torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
 
 # %% ../../nbs/25_train.launch.ipynb #646755b1
@@ -447,7 +509,8 @@ def launch_command(p: dict, config_path) -> list[str]:
                 f"--master_port={p['master_port']}", '-m', *mod]
     cmd = [sys.executable, '-m', 'deepspeed.launcher.runner', f"--master_addr={p['master_addr']}",
            f"--master_port={p['master_port']}"]
-    cmd += [f"--hostfile={p['hostfile']}"] if p['hostfile'] else [f"--num_gpus={p['num_gpus']}"]
+    if p['hostfile']: cmd += [f"--hostfile={p['hostfile']}", f"--num_nodes={p['nnodes']}"]
+    cmd += [f"--num_gpus={p['num_gpus']}"]
     return cmd + ['--module', *mod]
 
 class LaunchedRun:
@@ -505,11 +568,35 @@ class LaunchedRun:
         if self.stopped_at is not None: return now - self.stopped_at > self.stop_timeout + 15
         return self.exited_at is not None and now - self.exited_at > 10
 
-def launch(p: dict, out: Path, env: dict | None = None, quiet: bool = False, stop_timeout: float = 300.0) -> dict:
+def _mtime(path: Path):
+    try: return path.stat().st_mtime_ns
+    except OSError: return None
+
+def wait_for_result(path: Path, before, timeout: float) -> dict:
+    """The `result.json` at `path` once it has been (re)written, i.e. its modification time is no longer `before`
+    (`None`: it did not exist), within `timeout` seconds. Comparing with the file's own earlier time, not a clock,
+    keeps clock skew between nodes and the file server out of it."""
+    t0 = time.monotonic()
+    while True:
+        m = _mtime(path)
+        if m is not None and m != before:
+            try: return json.loads(path.read_text())
+            except ValueError: pass                            # being written
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"no new {path.name} from node 0 in {path.parent} after {timeout:.0f} s: out_dir must be on "
+                               f"storage shared by all nodes (rank 0 writes the result and the HF checkpoint there)")
+        time.sleep(0.2)
+
+def launch(p: dict, out: Path, env: dict | None = None, quiet: bool = False, stop_timeout: float = 300.0,
+           result_timeout: float = 3600.0) -> dict:
     """Write `out/run.json`, run the launcher on it streaming the log, return rank 0's `result.json`.
-    SIGTERM/SIGINT stop the run (checkpoint, then exit) before taking their course here; nothing started outlives this call."""
+    SIGTERM/SIGINT stop the run (checkpoint, then exit) before taking their course here; nothing started outlives this call.
+    On a node other than 0 (torchrun, several nodes) the ranks here write no result: it waits up to `result_timeout`
+    seconds for node 0's `result.json` in the shared `out_dir` and returns that."""
+    result_before = _mtime(Path(out) / 'result.json')
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    cfg_path = out / 'run.json'
+    node = p.get('node_rank', 0)
+    cfg_path = out / ('run.json' if node == 0 else f'run-node{node}.json')   # out_dir is shared between the nodes
     RunConfig.from_params({k: v for k, v in p.items() if k != 'distributed'}).save(cfg_path)   # typed, sections nested
     env = {**os.environ, 'PYTHONUNBUFFERED': '1', **(env or {}), LAUNCHER_ENV: process_id()}
     if not torch.cuda.is_available(): env.setdefault('DS_ACCELERATOR', 'cpu')
@@ -553,6 +640,7 @@ def launch(p: dict, out: Path, env: dict | None = None, quiet: bool = False, sto
         signal.raise_signal(run.stop_signal)                    # its usual course: KeyboardInterrupt, or exit
         raise RuntimeError(f"training stopped by {signal.Signals(run.stop_signal).name}; see {out / 'launch.log'}")
     if rc != 0: raise RuntimeError(f"training launcher exited with {rc}; last lines of {out / 'launch.log'}:\n" + ''.join(tail))
+    if node != 0: return wait_for_result(out / 'result.json', result_before, result_timeout)
     return json.loads((out / 'result.json').read_text())
 
 # %% ../../nbs/25_train.launch.ipynb #cebe3cc8

@@ -48,7 +48,7 @@ class TrainSpec:
     grad_clip: float | None = 1.0
     precision: str = 'auto'
     grad_checkpointing: bool = False
-    compile: bool = False
+    compile: bool | str = 'auto'       # 'auto': on when training on CUDA in one process or with ZeRO <= 2, off on the CPU and with ZeRO-3
     cuda_graphs: bool = False
     document_mask: bool = True         # packed rows: each document sees only itself (TrainArgs.document_mask); False: rows trained whole
     eval_every: int = 25
@@ -197,13 +197,18 @@ class RunConfig:
         from hybridslm.train.monitor import LOG_BACKENDS
         logs = [b.strip() for b in (p['log_to'] or '').split(',') if b.strip()]
         if set(logs) - set(LOG_BACKENDS): raise ValueError(f"log_to={p['log_to']!r}: backends are {LOG_BACKENDS}")
+        if isinstance(p['compile'], str) and p['compile'] != 'auto': raise ValueError(f"compile={p['compile']!r}: True, False or 'auto'")
         r = RunConfig.from_params(p)
         if r.is_distributed and p['zero_stage'] is None:
             from hybridslm.train.deepspeed import default_zero_stage
             r.distributed.zero_stage = default_zero_stage(p['preset'])
         if p['cuda_graphs'] and (r.is_distributed or p['grad_accum'] != 1):
             raise ValueError("cuda_graphs=True captures one single-process step: it needs num_gpus=1, no ZeRO and grad_accum=1")
-        if p['compile'] and r.distributed.zero_stage == 3:
+        if p['compile'] == 'auto':                 # the fast path by default where it pays: compiled blocks on CUDA
+            import torch
+            dev = str(r.distributed.device)
+            r.train.compile = r.distributed.zero_stage != 3 and (dev.startswith('cuda') or (dev == 'auto' and torch.cuda.is_available()))
+        elif p['compile'] and r.distributed.zero_stage == 3:
             raise ValueError("compile=True is not supported with ZeRO-3 (its parameter hooks and torch.compile do not mix); use zero_stage <= 2")
         return r
 

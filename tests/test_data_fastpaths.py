@@ -177,10 +177,11 @@ def test_apply_filters_matches_reference_chain(docs):
         out = dict(text=None, reason=None, quality=None, pii={}, lang=None, lang_score=None)
         text = '\n'.join(l for l in text.split('\n') if not F.BOILERPLATE_RX.search(l))
         if (r := F.length_reason(text)): out['reason'] = r; return out
-        if (r := F.spam_reason(text)): out['reason'] = r; return out
+        if (r := ref_spam_reason(text)): out['reason'] = r; return out
         out['lang'], out['lang_score'] = lid.classify(text[:cfg.lang_max_chars])
         if not (out['lang'] == 'en' and out['lang_score'] > cfg.lang_threshold): out['reason'] = 'language'; return out
-        if F.is_profane(text): out['reason'] = 'profanity'; return out
+        h = ref_count_profanity(text)
+        if h >= cfg.profanity_min_hits and h / max(1, len(text.split())) > cfg.profanity_max_ratio: out['reason'] = 'profanity'; return out
         text, out['pii'] = ref_redact_pii(text)
         out['quality'] = F.quality_score(ref_quality_features(text)); out['text'] = text
         return out
@@ -189,6 +190,47 @@ def test_apply_filters_matches_reference_chain(docs):
     assert got == [ref(t) for t in texts]
     reasons = Counter(o['reason'] for o in got)
     assert reasons[None] > 200 and reasons['language'] > 300      # both kept and dropped documents are compared
+
+
+def ref_count_profanity(text, langs=('en',)):
+    "Every token of the page against the listed phrases starting with it, and against the listed words' plurals."
+    idx, toks, hits = F._bad_index(langs), re.findall(r'\w+|[^\w\s]', text.lower()), 0
+    for i, t in enumerate(toks):
+        if t in idx: hits += any(tuple(toks[i:i + len(c)]) == c for c in idx[t])
+        elif t.endswith('s') and len(t) > 3 and (t[:-1],) in idx.get(t[:-1], ()): hits += 1
+    return hits
+
+
+def test_count_profanity_matches_reference(docs):
+    rng = np.random.default_rng(1)
+    listed = F.load_badwords(('en',))
+    mixed = [' '.join(rng.choice(listed + [w + 's' for w in listed[:50]] + ['🖕', 'the', 'class', 'assassin', 'Scunthorpe.', 'two', 'girls'],
+                                 rng.integers(1, 40))) for _ in range(300)]
+    texts = docs['web'] + mixed
+    for langs in (('en',), 'all'):
+        got = [F.count_profanity(t, langs) for t in texts]
+        assert got == [ref_count_profanity(t, langs) for t in texts]
+    assert sum(g > 0 for g in got) > 250
+
+
+def ref_spam_reason(text, max_url_frac=0.2, max_top_word_frac=0.1):
+    low = text.lower()
+    if 'lorem ipsum' in low: return 'lorem_ipsum'
+    words = low.split()
+    if not words: return None
+    if len(F.URL_RX.findall(text)) / len(words) > max_url_frac: return 'link_spam'
+    content = [w for w in words if len(w) > 3 and w not in F.STOP_WORDS]
+    if len(words) >= 50 and content and Counter(content).most_common(1)[0][1] / len(words) > max_top_word_frac: return 'keyword_stuffing'
+    return None
+
+
+def test_spam_reason_matches_reference(docs):
+    stuffed = [' '.join(['buy cheap watches online'] * 60), ' '.join(['best', 'replica', 'watch', 'the'] * 13), 'lorem ipsum ' * 30,
+               ' '.join(['http://x.example/a'] * 10 + ['word'] * 30)]
+    texts = docs['web'] + stuffed + _synthetic()
+    got = [F.spam_reason(t) for t in texts]
+    assert got == [ref_spam_reason(t) for t in texts]
+    assert {'keyword_stuffing', 'lorem_ipsum', 'link_spam'} <= set(got)
 
 
 def test_spam_reason_on_stop_words_only():

@@ -73,7 +73,7 @@ def _lang_scores(I, text: str) -> np.ndarray:
         o = np.argsort(f, kind='stable'); fs = f[o]                # equal features together, each group in visit order
         new = np.empty(len(fs), bool); new[0] = True; np.not_equal(fs[1:], fs[:-1], out=new[1:])
         st = np.flatnonzero(new)                                   # group starts: o[st] is each feature's first visit
-        cnt = np.diff(st, append=len(fs))
+        cnt = np.subtract(np.append(st[1:], len(fs)), st)
         v = np.argsort(o[st])                                      # py3langid's Counter order: first visit
         scores = np.log1p(cnt[v].astype(np.float32)) @ ptc.take(fs[st[v]], axis=0) + I.nb_pc
     else: scores = np.full(len(I.nb_classes), 0.0, dtype=np.float32)
@@ -117,7 +117,7 @@ def _dense_ids(o, new) -> np.ndarray:
 
 def _top_group(o, new) -> tuple:
     "(largest count, first position among the values with that count): `Counter.most_common(1)`'s pick."
-    st = np.flatnonzero(new); cnt = np.diff(st, append=len(o))
+    st = np.flatnonzero(new); cnt = np.subtract(np.append(st[1:], len(o)), st)
     top = cnt.max()
     return int(top), int(np.minimum.reduceat(o, st)[cnt == top].min())
 
@@ -246,17 +246,26 @@ def _bad_index(langs):
         _BAD[key] = idx
     return _BAD[key]
 
+_BAD_STARTS = {}
+def _bad_starts(langs) -> frozenset:
+    "The tokens that can count: a listed word/phrase's first token, or a one-token entry's plural in -s (longer than 3)."
+    key = tuple(langs)
+    if key not in _BAD_STARTS:
+        idx = _bad_index(langs)
+        _BAD_STARTS[key] = frozenset(idx) | {c[0] + 's' for v in idx.values() for c in v if len(c) == 1 and len(c[0]) > 2}
+    return _BAD_STARTS[key]
+
 def count_profanity(text: str, langs=('en',)) -> int:
     "Number of listed words/phrases in `text` (whole tokens only, case-insensitive; a listed word's plural in -s counts too)."
     idx, toks, hits = _bad_index(langs), _TOK_RX.findall(text.lower()), 0
-    # only tokens that start a listed phrase or are a listed word's plural can count: find those once per distinct token
-    cand = {t for t in set(toks) if t in idx or (t.endswith('s') and len(t) > 3 and (t[:-1],) in idx.get(t[:-1], ()))}
+    # only tokens that start a listed phrase or are a listed word's plural can count: one set intersection finds those
+    # present, one C-level pass marks where they are, and Python looks at those positions alone
+    cand = _bad_starts(langs).intersection(toks)
     if not cand: return 0
-    for i, t in enumerate(toks):
-        if t not in cand: continue
-        cands = idx.get(t)
+    for i in np.flatnonzero(np.fromiter(map(cand.__contains__, toks), bool, len(toks))).tolist():
+        t = toks[i]; cands = idx.get(t)
         if cands: hits += any(tuple(toks[i:i + len(c)]) == c for c in cands)
-        elif t.endswith('s') and len(t) > 3 and (t[:-1],) in idx.get(t[:-1], ()): hits += 1
+        else: hits += 1                      # not a listed phrase's start, so a listed word's plural
     return hits
 
 def profanity_ratio(text: str, langs=('en',)) -> float:
@@ -299,8 +308,9 @@ def spam_reason(text: str, max_url_frac: float = 0.2, max_top_word_frac: float =
     words = low.split()
     if not words: return None
     if len(URL_RX.findall(text)) / len(words) > max_url_frac: return 'link_spam'
-    content = [w for w in words if len(w) > 3 and w not in STOP_WORDS]
-    if len(words) >= 50 and content and Counter(content).most_common(1)[0][1] / len(words) > max_top_word_frac: return 'keyword_stuffing'
+    if len(words) >= 50:                     # the most frequent content word (longer than 3 letters, not a stop word)
+        top = max((c for w, c in Counter(words).items() if len(w) > 3 and w not in STOP_WORDS), default=0)
+        if top / len(words) > max_top_word_frac: return 'keyword_stuffing'
     return None
 
 def boilerplate_map(batch: dict) -> dict: return {'text': [remove_boilerplate(t) for t in batch['text']]}

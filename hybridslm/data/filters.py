@@ -167,14 +167,14 @@ def quality_features(text: str) -> dict:
     nl = max(1, len(lines))
     lc = Counter(lines)
     lw = [w.strip('.,;:!?"\'()') for w in text.lower().split()]   # = each word lowered: lowering makes or removes no whitespace
-    alpha = {w for w in set(words) if w.isalpha() or any(map(str.isalpha, w))}   # words with a letter, judged once per distinct word
+    no_alpha = {w for w in set(words) if not w.isalpha() and not any(map(str.isalpha, w))}   # words without a letter, judged once per distinct word
     return dict(
         n_words=len(words),
         mean_word_len=sum(map(len, words)) / nw,
         symbol_ratio=(text.count('#') + text.count('...') + text.count('…')) / nw,
         bullet_lines=sum(l.startswith(BULLETS) for l in lines) / nl,
         ellipsis_lines=sum(l.endswith(('...', '…')) for l in lines) / nl,
-        alpha_words=sum(map(alpha.__contains__, words)) / nw,
+        alpha_words=(len(words) - (sum(map(no_alpha.__contains__, words)) if no_alpha else 0)) / nw,
         stop_words=sum(map(STOP_WORDS.__contains__, lw)),
         dup_lines=sum(c - 1 for c in lc.values()) / nl,
         dup_line_chars=sum(len(l) * (c - 1) for l, c in lc.items()) / max(1, sum(map(len, lines))),

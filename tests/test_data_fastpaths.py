@@ -192,6 +192,17 @@ def test_apply_filters_matches_reference_chain(docs):
     assert reasons[None] > 200 and reasons['language'] > 300      # both kept and dropped documents are compared
 
 
+def test_remove_boilerplate_matches_line_by_line(docs):
+    lines = ['Please Log In To Reply', 'We use COOKIES to improve your visit. Accept', 'Skip to Main Content', 'Terms of Service apply',
+             'Powered by WordPress', 'Sign up for the newsletter!', 'Share on Twitter', 'JavaScript is disabled', 'All Rights Reserved.',
+             'the terms of the deal', 'he went in to town', 'a newsletter came', 'İstanbul click here']
+    texts = docs['web'] + ['\n'.join(lines)] + [t + '\n' + l for t in docs['bench'][:60] for l in lines]
+    ref = lambda t: '\n'.join(l for l in t.split('\n') if not F.BOILERPLATE_RX.search(l))
+    got = [F.remove_boilerplate(t) for t in texts]
+    assert got == [ref(t) for t in texts]
+    assert sum(g != t for g, t in zip(got, texts)) > 400 and sum(g == t for g, t in zip(got, texts)) > 500
+
+
 def ref_count_profanity(text, langs=('en',)):
     "Every token of the page against the listed phrases starting with it, and against the listed words' plurals."
     idx, toks, hits = F._bad_index(langs), re.findall(r'\w+|[^\w\s]', text.lower()), 0

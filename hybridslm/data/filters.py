@@ -293,12 +293,20 @@ URL_RX = re.compile(r'https?://\S+|www\.\S+')
 # 'ſ' and the Kelvin sign to i, s and k, which `str.lower` does not give: a page holding one takes the line-by-line path.
 _BOILER_CUES = ('javascript', 'cookie', 'all rights reserved', 'terms of ', 'privacy policy', 'click here', 'newsletter',
                 'in to ', 'powered by ', 'skip to ', 'share on ')
+# Every match of BOILERPLATE_RX, lowered, contains one of these phrases (its alternatives spelled out; the cookie rule
+# needs 'cookie'): a page with a cue but none of them (a "terms of" or "in to " in prose) skips the line-by-line scan.
+_BOILER_PHRASES = ('javascript', 'cookie', 'all rights reserved', 'terms of use', 'terms of service', 'privacy policy',
+                   'click here', 'sign up for our newsletter', 'sign up for the newsletter', 'subscribe to our newsletter',
+                   'subscribe to the newsletter', 'login to reply', 'login to comment', 'log in to reply', 'log in to comment',
+                   'powered by wordpress', 'powered by blogger', 'skip to content', 'skip to main content',
+                   'share on facebook', 'share on twitter')
 _CASE_ODD_RX = re.compile('[\u0130\u0131\u017f\u212a]')
 
 def remove_boilerplate(text: str) -> str:
     "Drop lines that are site boilerplate (C4 line rules)."
     low = text.lower()
-    if not any(c in low for c in _BOILER_CUES) and not _CASE_ODD_RX.search(text): return text   # no line can match
+    if not _CASE_ODD_RX.search(text) and not (any(c in low for c in _BOILER_CUES) and any(p in low for p in _BOILER_PHRASES)):
+        return text                                                   # no line can match
     return '\n'.join(l for l in text.split('\n') if not BOILERPLATE_RX.search(l))
 
 def spam_reason(text: str, max_url_frac: float = 0.2, max_top_word_frac: float = 0.1):
@@ -307,7 +315,7 @@ def spam_reason(text: str, max_url_frac: float = 0.2, max_top_word_frac: float =
     if 'lorem ipsum' in low: return 'lorem_ipsum'
     words = low.split()
     if not words: return None
-    if len(URL_RX.findall(text)) / len(words) > max_url_frac: return 'link_spam'
+    if ('http' in text or 'www.' in text) and len(URL_RX.findall(text)) / len(words) > max_url_frac: return 'link_spam'
     if len(words) >= 50:                     # the most frequent content word (longer than 3 letters, not a stop word)
         top = max((c for w, c in Counter(words).items() if len(w) > 3 and w not in STOP_WORDS), default=0)
         if top / len(words) > max_top_word_frac: return 'keyword_stuffing'

@@ -4,7 +4,8 @@
 Parts (`--parts`, comma-separated):
 
 * `steps`: steady-state training throughput of one grid run (`python -m hybridslm.research.ablate_fast`, the lean trainer)
-  per pattern, width, Mamba chunk size, with and without `torch.compile` (always with the whole step as a CUDA graph);
+  per pattern, width, Mamba chunk size, with and without `torch.compile`, with mamba_ssm's Triton scan or the pure-torch SSD
+  compiled into the step (always with the whole step as a CUDA graph);
 * `profile`: the top CUDA kernels of a few eager training steps (torch profiler), per pattern; `cprofile`: the same
   with the loss module compiled, as the grid runs it (before the whole step is captured as a CUDA graph);
 * `share`: the summed throughput of N copies of one run sharing the GPU as separate processes (N = 1, 2, 4): whether
@@ -21,19 +22,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-STEPS = [  # (pattern, d_model, chunk_size, compile)
-    ('MMMM', 128, 64, False), ('MMMM', 128, 128, False), ('MMMM', 128, 256, False),
-    ('MMMM', 256, 64, False), ('MMMM', 256, 256, False), ('MM', 64, 64, False), ('MM', 64, 256, False),
-    ('AAAA', 128, 64, False), ('MMMM', 128, 64, True), ('MMMM', 128, 256, True), ('AAAA', 128, 64, True),
+STEPS = [  # (pattern, d_model, chunk_size, compile, mamba_ssm's Triton kernels: else the pure-torch SSD, compiled with the step)
+    ('MMMM', 256, 64, True, True), ('MMMM', 256, 64, True, False), ('MMMM', 256, 256, True, False),
+    ('MMMM', 128, 64, True, True), ('MMMM', 128, 64, True, False), ('MM', 64, 64, True, True), ('MM', 64, 64, True, False),
+    ('MMMM', 128, 128, False, True), ('MMMM', 128, 256, False, True), ('AAAA', 128, 64, True, True),
 ]
 
 
-def spec(pattern, d_model, chunk, compile_, steps, seed=0):
+def spec(pattern, d_model, chunk, compile_, steps, seed=0, kernels=True):
     from hybridslm.research.ablate_fast import protocol
     p = protocol('published', n_train=256 * 100, n_val_per_kv=200, n_test_per_kv=200, max_steps=steps,
                  compile=compile_, cuda_graphs=True)
     base = {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items() if k not in ('patterns', 'widths', 'lrs', 'seeds')}
-    return dict(base, pattern=pattern, d_model=d_model, lr=1e-3, seed=seed, phase='bench',
+    return dict(base, pattern=pattern, d_model=d_model, lr=1e-3, seed=seed, phase='bench', mamba_kernels=kernels,
                 model_overrides={'chunk_size': chunk})
 
 
@@ -44,13 +45,13 @@ def launch(s, out: Path, log: Path):
 
 def part_steps(tmp: Path, steps: int) -> list[dict]:
     rows = []
-    for i, (pat, w, c, comp) in enumerate(STEPS):
+    for i, (pat, w, c, comp, kern) in enumerate(STEPS):
         out, log = tmp / f'steps{i}.json', tmp / f'steps{i}.log'
-        t0 = time.time(); rc = launch(spec(pat, w, c, comp, steps), out, log).wait()
+        t0 = time.time(); rc = launch(spec(pat, w, c, comp, steps, kernels=kern), out, log).wait()
         if rc or not out.exists():
-            rows.append(dict(part='steps', pattern=pat, d_model=w, chunk=c, compile=comp, error=log.read_text()[-800:])); continue
+            rows.append(dict(part='steps', pattern=pat, d_model=w, chunk=c, compile=comp, kernels=kern, error=log.read_text()[-800:])); continue
         r = json.loads(out.read_text())
-        row = dict(part='steps', pattern=pat, d_model=w, chunk=c, compile=comp, tok_per_s=r['tok_per_s'],
+        row = dict(part='steps', pattern=pat, d_model=w, chunk=c, compile=comp, kernels=kern, tok_per_s=r['tok_per_s'],
                    ms_per_step=256 * 256 / r['tok_per_s'] * 1e3, wall_s=time.time() - t0, cuda_graphs=r['cuda_graphs'])
         print(json.dumps(row), flush=True); rows.append(row)
     return rows

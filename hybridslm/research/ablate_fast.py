@@ -11,6 +11,7 @@ import numpy as np, torch, torch.nn.functional as F
 from torch import nn
 from ..model.config import HybridConfig, count_params
 from ..model import HybridForCausalLM
+from ..model.mamba2 import Mamba2Mixer
 from .synthetic import make_mqar, masked_loss, IGNORE
 from ..train.optim import param_groups, lr_at
 from .ablate import attn_fraction, validate_patterns, resolve_device
@@ -158,6 +159,7 @@ class MQARTrainArgs:
     precision: str = 'auto'            # 'auto' (bf16 autocast on CUDA, fp32 on CPU), 'bf16', 'fp32'
     compile: bool = False
     cuda_graphs: bool = False
+    mamba_kernels: bool = True         # False: the Mamba-2 layers run the pure-torch SSD (compiled with the step) instead of mamba_ssm's Triton kernels
     seed: int = 0
     progress: bool = True
     eval_batch: int = 1000
@@ -202,6 +204,9 @@ def train_mqar(cfg: HybridConfig, data: dict, args: MQARTrainArgs, device='auto'
                          f"use cuda_graphs=False on a CPU")
     torch.manual_seed(args.seed)
     lm = HybridForCausalLM(cfg).to(dev).train()
+    if not args.mamba_kernels:
+        for m in lm.modules():
+            if isinstance(m, Mamba2Mixer): m.use_kernels = False
     net = QueryHeadLoss(lm)
     X = data['train']['inputs'].to(dev)
     QP, QL = (t.to(dev) for t in query_index(data['train']['targets']))
@@ -330,7 +335,7 @@ def train_mqar(cfg: HybridConfig, data: dict, args: MQARTrainArgs, device='auto'
                 val_acc=float(np.mean(list(val.values()))), final_loss=hist[-1][1] if hist else float('nan'),
                 diverged=diverged, early_stopped=early is not None, stop_acc=args.stop_acc, loss_curve=hist[::keep] + ([hist[-1]] if hist and (len(hist) - 1) % keep else []),
                 val_curve=val_curve, train_s=t_before + t_end - t_start, resumed_at=start or None, tok_per_s=tok_s, device=str(dev),
-                device_name=torch.cuda.get_device_name(dev) if cuda else 'cpu', bf16=bf16, compile=bool(args.compile),
+                device_name=torch.cuda.get_device_name(dev) if cuda else 'cpu', bf16=bf16, mamba_kernels=args.mamba_kernels, compile=bool(args.compile),
                 cuda_graphs=graph is not None, note=note)
 
 # %% ../../nbs/62_ablate.fast.ipynb #cfbd0c84
@@ -359,7 +364,8 @@ def run_spec(spec: dict, data: dict | None = None, device='auto', progress: bool
                       **(spec.get('model_overrides') or {}))
     args = MQARTrainArgs(lr=float(spec['lr']), epochs=spec['epochs'], batch_size=int(spec['batch_size']),
                          max_steps=spec.get('max_steps'), stop_acc=spec.get('stop_acc', STOP_ACC), compile=bool(spec.get('compile')),
-                         cuda_graphs=bool(spec.get('cuda_graphs')), seed=int(spec['seed']), progress=progress)
+                         cuda_graphs=bool(spec.get('cuda_graphs')), mamba_kernels=bool(spec.get('mamba_kernels', True)),
+                         seed=int(spec['seed']), progress=progress)
     res = train_mqar(cfg, data, args, device, label=run_key(spec), log=log, ckpt=ckpt, should_stop=should_stop)
     if not res.get('stopped'): res.update(key=run_key(spec), phase=spec.get('phase'), profile=spec.get('profile'))
     return res

@@ -142,7 +142,7 @@ def run_mqar(a) -> int:
     if on_gpu: P.update(compile=not a.no_compile, cuda_graphs=not a.no_cuda_graphs)
     root = REPO / a.runs_root / (a.name or ('mqar' if prof == 'published' else f"mqar_{prof.replace('-', '_')}"))
     if a.aggregate_only and (root / 'protocol.json').exists():   # aggregating here does not change how the runs were trained
-        P.update({k: v for k, v in json.loads((root / 'protocol.json').read_text()).items() if k in ('compile', 'cuda_graphs')})
+        P.update({k: v for k, v in json.loads((root / 'protocol.json').read_text()).items() if k in ('compile', 'cuda_graphs', 'mamba_kernels')})
     sl = slots(a)
     t_start = time.time()
     deadline = t_start + a.deadline_s if a.deadline_s else None
@@ -202,7 +202,7 @@ def run_mqar(a) -> int:
     if a.aggregate_only:
         g = af.run_grid(P, root, lambda specs, runs_dir: None, log=lambda m: None)   # nothing runs: the outputs of what is there
     else:
-        g = af.run_grid(P, root, execute, log=lambda m: print(m, flush=True))
+        g = af.run_grid(P, root, execute, log=lambda m: print(m, flush=True), write=not a.print_commands)
     if a.print_commands: return 0
     print(g['conclusion'], flush=True)
     if not a.no_report and g['results']: report(root)

@@ -31,7 +31,7 @@ FAIL_ACC, SOLVE_ACC, REACH = 0.5, 0.9, 0.9   # the verdict's bars: learned nothi
 PUBLISHED = dict(patterns=MQAR_PATTERNS, widths=(64, 128, 256), lrs=(3e-4, 1e-3, 3e-3, 1e-2), seeds=(0, 1, 2),
                  kv_pairs=(4, 8, 16, 32, 64), vocab_size=8192, seq_len=256, n_train=100_000, n_val_per_kv=1000,
                  n_test_per_kv=1000, batch_size=256, epochs=32, max_steps=None, d_state=64, data_seed=0,
-                 compile=False, cuda_graphs=False, stop_acc=STOP_ACC)
+                 compile=False, cuda_graphs=False, mamba_kernels=True, stop_acc=STOP_ACC)
 PROFILES = {
     'published': PUBLISHED,
     'published-512': {**PUBLISHED, 'seq_len': 512},
@@ -57,6 +57,7 @@ def protocol(profile: str = 'published', **overrides) -> dict:
     p['patterns'] = tuple(validate_patterns(p['patterns'], literal_only=True))
     p['widths'], p['seeds'], p['kv_pairs'] = (tuple(int(x) for x in p[k]) for k in ('widths', 'seeds', 'kv_pairs'))
     p['lrs'] = tuple(float(x) for x in p['lrs'])
+    if not isinstance(p['mamba_kernels'], bool): raise ValueError(f"mamba_kernels must be true or false, got {p['mamba_kernels']!r}")
     if p['seq_len'] < 4 * max(p['kv_pairs']):
         raise ValueError(f"seq_len={p['seq_len']} is too short for {max(p['kv_pairs'])} KV pairs (need >= 4 * KV)")
     p['profile'] = profile
@@ -485,10 +486,11 @@ def load_runs(runs_dir, skipped: bool = False) -> list[dict]:
     rs = [json.loads(f.read_text()) for f in sorted(Path(runs_dir).glob('*.json'))]
     return rs if skipped else [r for r in rs if not r.get('skipped')]
 
-def run_grid(p: dict, root, execute, log=print) -> dict:
-    "Both phases of the grid into `root/runs/` (existing results are kept), then `write_grid_outputs`."
+def run_grid(p: dict, root, execute, log=print, write: bool = True) -> dict | None:
+    """Both phases of the grid into `root/runs/` (existing results are kept), then `write_grid_outputs`. `write=False`
+    (listing what would run): neither the protocol nor the outputs are written, and None is returned."""
     root = Path(root); runs_dir = root / 'runs'; runs_dir.mkdir(parents=True, exist_ok=True)
-    (root / 'protocol.json').write_text(json.dumps(p, indent=1))
+    if write: (root / 'protocol.json').write_text(json.dumps(p, indent=1))
     done = lambda specs: [s for s in specs if (runs_dir / f"{run_key(s)}.json").exists()]
     ph1 = grid_specs(p)
     todo = [s for s in ph1 if s not in done(ph1)]
@@ -510,6 +512,7 @@ def run_grid(p: dict, root, execute, log=print) -> dict:
     keys = {run_key(s) for s in ph1 + ph2}
     every = [r for r in load_runs(runs_dir, skipped=True) if r['key'] in keys]
     complete = len(done(ph1)) == len(ph1) and len(done(ph2)) == len(ph2) == expected - len(ph1)
+    if not write: return None
     return write_grid_outputs(root, p, [r for r in every if not r.get('skipped')], complete=complete, expected=expected,
                               skipped=sum(bool(r.get('skipped')) for r in every))
 

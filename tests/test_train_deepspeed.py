@@ -7,26 +7,13 @@
   finishes with bit-identical per-step losses and weights to an uninterrupted run; half-written checkpoint
   directories are ignored.
 """
-import json, os, random, signal, socket, subprocess, sys, time
+import json, os, random, signal, subprocess, sys, time
 from pathlib import Path
 import numpy as np, pytest, torch
 
 pytest.importorskip('deepspeed')
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, 'DS_ACCELERATOR': 'cpu', 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1',
-       'TORCH_EXTENSIONS_DIR': str(REPO / '.cache' / 'torch_extensions')}
-
-def free_port():
-    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
-
-def spawn(argv, world=2, timeout=240):
-    "Run `python argv` as `world` ranks (the env a launcher would set) and wait for all of them."
-    port = free_port()
-    procs = [subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={**ENV, 'RANK': str(r), 'LOCAL_RANK': str(r), 'WORLD_SIZE': str(world),
-                                   'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(port)}) for r in range(world)]
-    logs = [p.communicate(timeout=timeout)[0] for p in procs]
-    for p, log in zip(procs, logs): assert p.returncode == 0, log[-3000:]
+from ds_helpers import ENV, free_port, spawn
 
 
 def test_zero_stages_match_plain_adamw(tmp_path):

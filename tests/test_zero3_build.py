@@ -14,27 +14,15 @@
 * a ZeRO-3 run started the way `experiments/train.ipynb` starts one (`launch` -> torchrun -> `run_worker`, 2 ranks)
   trains, prints the per-rank estimate and keeps it in `result.json`, and its HF checkpoint loads.
 """
-import json, math, os, socket, subprocess, sys
+import json, math
 from pathlib import Path
 import pytest, torch
 
 pytest.importorskip('deepspeed')
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, 'DS_ACCELERATOR': 'cpu', 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1',
-       'TORCH_EXTENSIONS_DIR': str(REPO / '.cache' / 'torch_extensions')}
+from ds_helpers import ENV, free_port, spawn
 RUN = dict(preset='demo', layer_pattern='MA', seq_len=16, num_gpus=2, zero_stage=3, seed=0, log_to='',
            model_overrides=dict(d_model=64, n_heads=4, n_kv_heads=2, d_state=16, headdim=16, chunk_size=16))
-
-def free_port():
-    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
-
-def spawn(argv, world=2, timeout=240):
-    port = free_port()
-    procs = [subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={**ENV, 'RANK': str(r), 'LOCAL_RANK': str(r), 'WORLD_SIZE': str(world),
-                                   'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(port)}) for r in range(world)]
-    logs = [p.communicate(timeout=timeout)[0] for p in procs]
-    for p, log in zip(procs, logs): assert p.returncode == 0, log[-3000:]
 
 PERSIST = 100_000     # DeepSpeed's stage3_param_persistence_threshold: smaller parameters stay whole after the first forward
 

@@ -130,15 +130,17 @@ def _top_group(o, new) -> tuple:
     top = cnt.max()
     return int(top), int(np.minimum.reduceat(o, st)[cnt == top].min())
 
-def _ngram_stats(ids: np.ndarray, lens: np.ndarray) -> dict:
-    """The Gopher repetition features of a word list given as word ids (equal words, equal ids; every id below the
-    number of words) and word lengths, with each n-gram an integer key (n-grams of word ids combined pairwise) instead
-    of the joined string: the same equalities, so the same counts, without building the strings; one sort per n and
-    nothing more than the counts each feature needs. Which id a word gets does not matter: only equalities and
-    positions are read. Returns top_2gram..top_4gram, dup_5gram, dup_10gram."""
-    m = len(ids)
+def _ngram_stats(lw: list) -> dict:
+    """The Gopher repetition features of the word list `lw`, with each n-gram an integer key (n-grams of word ids
+    combined pairwise) instead of the joined string: the same equalities, so the same counts, without building the
+    strings; one sort per n and nothing more than the counts each feature needs. Returns top_2gram..top_4gram,
+    dup_5gram, dup_10gram."""
+    m = len(lw)
     out = dict(top_2gram=0., top_3gram=0., top_4gram=0., dup_5gram=0., dup_10gram=0.)
     if m < 2: return out
+    vocab = {}
+    ids = np.fromiter(map(vocab.setdefault, lw, itertools.count()), np.int64, m)   # a word's id: where it first occurs
+    lens = np.fromiter(map(len, lw), np.int64, m)
     total = int(lens.sum())
     cs = np.concatenate([[0], np.cumsum(lens)])
     M = m + 1                                 # every id (word or dense n-gram id) is below M: a pair (a, b) keys as a*M + b
@@ -169,38 +171,24 @@ def _ngram_stats(ids: np.ndarray, lens: np.ndarray) -> dict:
 def quality_features(text: str) -> dict:
     "Gopher/C4 document statistics."
     words = text.split()
-    m = len(words); nw = max(1, m)
+    nw = max(1, len(words))
     lines = [l for l in map(str.strip, text.splitlines()) if l]
     nl = max(1, len(lines))
     lc = Counter(lines)
-    # Each distinct word is judged once: `first` labels every word by where it first occurs, and per-distinct-word
-    # facts reach all words through those labels. The repetition and stop-word features read the words lowered and
-    # stripped of punctuation (lowering the distinct words joined by newlines = lowering the text: lowering makes or
-    # removes no whitespace, and Greek final sigma looks no further than the word); two distinct words that strip to
-    # the same string share one id.
-    first = {}
-    lab = np.fromiter(map(first.setdefault, words, itertools.count()), np.int64, m)
-    at = np.fromiter(first.values(), np.int64, len(first))
-    lw = list(map(str.strip, '\n'.join(first).lower().split('\n'), itertools.repeat('.,;:!?"\'()'))) if m else []
-    same = {}
-    def spread(vals):                        # a value per distinct word -> a value per word
-        a = np.empty(m, np.int64); a[at] = np.fromiter(vals, np.int64, len(at)); return a[lab]
-    ids = spread(map(same.setdefault, lw, itertools.count()))
-    per_id = np.bincount(ids, minlength=1)   # words per id
-    # words without a letter: among the words that are not all letters, those with no letter at all
-    no_alpha = [first[w] for w in itertools.filterfalse(str.isalpha, first) if not any(map(str.isalpha, w))]
+    lw = [w.strip('.,;:!?"\'()') for w in text.lower().split()]   # = each word lowered: lowering makes or removes no whitespace
+    no_alpha = {w for w in set(words) if not w.isalpha() and not any(map(str.isalpha, w))}   # words without a letter, judged once per distinct word
     return dict(
         n_words=len(words),
         mean_word_len=sum(map(len, words)) / nw,
         symbol_ratio=(text.count('#') + text.count('...') + text.count('…')) / nw,
         bullet_lines=sum(l.startswith(BULLETS) for l in lines) / nl,
         ellipsis_lines=sum(l.endswith(('...', '…')) for l in lines) / nl,
-        alpha_words=(m - (int(np.count_nonzero(np.isin(lab, no_alpha))) if no_alpha else 0)) / nw,
-        stop_words=int(per_id[[same[w] for w in STOP_WORDS if w in same]].sum()),
+        alpha_words=(len(words) - (sum(map(no_alpha.__contains__, words)) if no_alpha else 0)) / nw,
+        stop_words=sum(map(STOP_WORDS.__contains__, lw)),
         dup_lines=sum(c - 1 for c in lc.values()) / nl,
         dup_line_chars=sum(len(l) * (c - 1) for l, c in lc.items()) / max(1, sum(map(len, lines))),
         terminal_punct_lines=sum(l.endswith(('.', '!', '?', '"', '”')) for l in lines) / nl,
-        **_ngram_stats(ids, spread(map(len, lw))))
+        **_ngram_stats(lw))
 
 # (feature, kind, threshold): 'min' means feature >= threshold passes, 'max' means feature <= threshold passes
 QUALITY_RULES = [
@@ -337,10 +325,8 @@ def spam_reason(text: str, max_url_frac: float = 0.2, max_top_word_frac: float =
     words = low.split()
     if not words: return None
     if ('http' in text or 'www.' in text) and len(URL_RX.findall(text)) / len(words) > max_url_frac: return 'link_spam'
-    if len(words) >= 50:                     # the most frequent content word (longer than 3 letters, not a stop word):
-        top = 0                              # the first content word in order of falling count (one C-level sort)
-        for w, c in Counter(words).most_common():
-            if len(w) > 3 and w not in STOP_WORDS: top = c; break
+    if len(words) >= 50:                     # the most frequent content word (longer than 3 letters, not a stop word)
+        top = max((c for w, c in Counter(words).items() if len(w) > 3 and w not in STOP_WORDS), default=0)
         if top / len(words) > max_top_word_frac: return 'keyword_stuffing'
     return None
 

@@ -53,6 +53,18 @@ def test_language_id_is_py3langids(docs):
     assert len({l for l, _ in got}) > 20
 
 
+def test_language_id_long_texts_are_py3langids(docs):
+    "Texts of 2**14 bytes and more take the stable-sort path, shorter ones the packed-key sort: both are py3langid's."
+    from py3langid.langid import LanguageIdentifier, MODEL_FILE
+    ref = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    long = ' '.join(docs['bench'])
+    multi = ' '.join(docs['web'][-300:])                      # lingua sentences: many scripts, 2-4 bytes a character
+    texts = [long[:n] for n in (16383, 16384, 16385, 40000)] + [multi[:n] for n in (4095, 4096, 6000, 20000)]
+    assert min(len(t.encode()) for t in texts[4:6]) < 1 << 14 <= max(len(t.encode()) for t in texts)
+    got = [F.detect_language(t, max_chars=50_000) for t in texts]
+    assert got == [ref.classify(t) for t in texts]
+
+
 # --- Gopher/C4 quality features: n-gram strings and Counter ----------------------------------------------------------
 def ref_quality_features(text):
     def dup(words, n):

@@ -551,7 +551,7 @@ def curation_throughput(texts, tokenizer=None, rounds: int = 7, seq_len: int = 1
     to its datatrove or `tokenizers` counterpart. Contenders of a group run in turn, `rounds` times (interleaved, so
     load on a shared machine hits all alike); reported are the median seconds and the median per-round ratio to the
     first contender of the group (the order alternates between rounds), by wall time and by this process's CPU time (which other processes' load disturbs
-    less); also the best round of each (`best_seconds`) and the ratio of the bests. Tokens: `tokenizer`'s token count of each text (default: the embedded BPE)."""
+    less); also the best round of each (`best_seconds`) and the ratio of the bests, and every round's seconds (`round_seconds`, `round_cpu_seconds`). Tokens: `tokenizer`'s token count of each text (default: the embedded BPE)."""
     import importlib.metadata, platform, tempfile
     from hybridslm.data.filters import apply_filters
     from hybridslm.data.pack import pack_texts, tokenize
@@ -592,7 +592,8 @@ def curation_throughput(texts, tokenizer=None, rounds: int = 7, seq_len: int = 1
         med = lambda x: float(np.median(x))
         res[g] = {k: dict(seconds=med(secs[k]), tok_per_s=ntok / med(secs[k]), speed_vs_first=med(np.array(secs[ref]) / np.array(secs[k])),
                           cpu_seconds=med(cpus[k]), tok_per_cpu_s=ntok / med(cpus[k]), speed_vs_first_cpu=med(np.array(cpus[ref]) / np.array(cpus[k])),
-                          best_seconds=min(secs[k]), speed_vs_first_best=min(secs[ref]) / min(secs[k]))
+                          best_seconds=min(secs[k]), speed_vs_first_best=min(secs[ref]) / min(secs[k]),
+                          round_seconds=secs[k], round_cpu_seconds=cpus[k])
                   for k in fns}
     if tmp is not None: tmp.cleanup()
     cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), platform.processor()) if Path('/proc/cpuinfo').exists() else platform.processor()

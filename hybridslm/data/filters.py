@@ -52,7 +52,9 @@ def _lang_walk():
         while len(front):
             seen = np.zeros(len(rb), bool); seen[nm[rb[front][:, None] + np.arange(256)].ravel()] = True
             front = np.nonzero(seen & (depth < 0))[0]; d += 1; depth[front] = d
-        _LANG_WALK = (nm, rb, int(depth.max()), np.asarray(I.tk_output), np.asarray(I.nb_ptc, np.float32))
+        out = np.asarray(I.tk_output)
+        assert -1 <= out.min() and out.max() < 1 << 17            # feature ids fit 17 bits (see `_lang_scores`)
+        _LANG_WALK = (nm, rb, int(depth.max()), out.astype(np.int32), np.asarray(I.nb_ptc, np.float32))
     return _LANG_WALK
 
 def _lang_scores(I, text: str) -> np.ndarray:
@@ -60,21 +62,28 @@ def _lang_scores(I, text: str) -> np.ndarray:
     Aho-Corasick one: the state after byte i stands for the longest suffix of the bytes so far that is a state's string,
     and no state's string is longer than `depth` bytes, so reading bytes i-depth+1..i from the start state reaches the
     same state. That is `depth` vectorised steps over all positions at once instead of one Python step per byte.
-    The features are then counted with one stable sort and put in py3langid's order (its `Counter`'s: first visit), so
-    the float32 sum runs in the same order and the scores are the same bits."""
+    The features are then counted with one sort and put in py3langid's order (its `Counter`'s: first visit), so the
+    float32 sum runs in the same order and the scores are the same bits. Below 2**14 bytes (any text of up to 4,095
+    characters) each feature visit is one int32, feature id << 14 | position: all distinct, so a plain (SIMD) sort of
+    those orders them as a stable sort of the ids would, at half its cost."""
     nm, rb, depth, out, ptc = _lang_walk()
     b = np.frombuffer(I._encode(text), np.uint8).astype(np.int64)
     n = len(b)
     s = np.zeros(n, np.int64)
     for k in range(min(depth, n) - 1, -1, -1):                     # byte i-k of every position i >= k
         s[k:] = nm[rb[s[k:]] + b[:n - k]]
-    f = out[s]; f = f[f >= 0]
-    if len(f):
-        o = np.argsort(f, kind='stable'); fs = f[o]                # equal features together, each group in visit order
+    f = out[s]
+    if n < 1 << 14:
+        at = np.flatnonzero(f >= 0)
+        ks = np.sort((f[at] << 14) | at.astype(np.int32))          # by feature, each feature's visits in order
+        fs = ks >> 14; first = ks & ((1 << 14) - 1)
+    else:
+        f = f[f >= 0]; o = np.argsort(f, kind='stable'); fs = f[o]; first = o
+    if len(fs):
         new = np.empty(len(fs), bool); new[0] = True; np.not_equal(fs[1:], fs[:-1], out=new[1:])
-        st = np.flatnonzero(new)                                   # group starts: o[st] is each feature's first visit
+        st = np.flatnonzero(new)                                   # group starts: first[st] is each feature's first visit
         cnt = np.subtract(np.append(st[1:], len(fs)), st)
-        v = np.argsort(o[st])                                      # py3langid's Counter order: first visit
+        v = np.argsort(first[st])                                  # py3langid's Counter order: first visit
         scores = np.log1p(cnt[v].astype(np.float32)) @ ptc.take(fs[st[v]], axis=0) + I.nb_pc
     else: scores = np.full(len(I.nb_classes), 0.0, dtype=np.float32)
     scores *= 1.0 / math.sqrt(n or 1)

@@ -25,6 +25,10 @@ def main(argv=None):
     ap.add_argument('--eager', action='store_true', help='no compile_blocks')
     ap.add_argument('--out', default='papermill_runs/doc_mask/bench')
     a = ap.parse_args(argv)
+    for k in ('seq_len', 'micro_batch', 'iters', 'rounds'):
+        if getattr(a, k) < 1: ap.error(f"--{k.replace('_', '-')} must be >= 1, got {getattr(a, k)}")
+    if a.warmup < 0: ap.error(f"--warmup must be >= 0, got {a.warmup}")
+    if not 1 <= a.mean_doc <= a.seq_len: ap.error(f"--mean-doc must lie in 1 .. seq_len ({a.seq_len}), got {a.mean_doc}")
     import torch
     if not torch.cuda.is_available(): raise SystemExit("bench_doc_mask needs a CUDA GPU")
     from hybridslm.model import HybridConfig, HybridForCausalLM, compile_blocks

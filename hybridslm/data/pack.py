@@ -85,14 +85,10 @@ class PackWriter:
         self.buf, self.nbuf, self.rows, self.shards, self.n_docs, self.n_doc_tokens = [], 0, [], [], 0, 0
     def add(self, ids):
         "Append one document (and an EOS after it)."
-        ids = np.asarray(ids)
-        if len(ids) and (ids.max() >= self.vocab_size or ids.min() < 0): raise ValueError(f"token id out of range for vocab_size={self.vocab_size}")
-        self.buf += [ids.astype(self.dtype), np.array([self.eos], self.dtype)]
-        self.nbuf += len(ids) + 1; self.n_docs += 1; self.n_doc_tokens += len(ids)
-        if self.nbuf >= self.seq_len * 256: self._cut()
+        self.add_many([ids])
     def add_many(self, docs):
-        """Append documents, each followed by an EOS: what `add` does for each, with one concatenation and one range
-        check for all of them instead of a few numpy calls per document."""
+        """Append documents, each followed by an EOS, with one concatenation and one type and range check for all of
+        them instead of a few numpy calls per document."""
         docs = [np.asarray(d) for d in docs]
         if not docs: return
         eos = np.array([self.eos], self.dtype)

@@ -122,8 +122,7 @@ def doc_block_mask(seq_idx: torch.Tensor):
     (uncompiled, `create_block_mask` evaluates the rule on the whole grid). `GQAttention` runs it through `flex_attend`."""
     from torch.nn.attention.flex_attention import create_block_mask
     B, L = seq_idx.shape
-    si = seq_idx
-    def same_doc_causal(b, h, q, kv): return (q >= kv) & (si[b, q] == si[b, kv])
+    def same_doc_causal(b, h, q, kv): return (q >= kv) & (seq_idx[b, q] == seq_idx[b, kv])
     return create_block_mask(same_doc_causal, B, None, L, L, device=seq_idx.device, _compile=seq_idx.is_cuda)
 
 _flex_compiled = None
